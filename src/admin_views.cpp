@@ -1,0 +1,184 @@
+/*-------------------------------------------------------------------------
+ *
+ * admin_views.cpp
+ *	  What DBAs use: the SRFs behind the lockext_leases and lockext_stats
+ *	  views, lockext_stats_reset() and lockext_force_release().
+ *
+ * lockext_leases_internal() hides lock_id unless the caller is a superuser
+ * or a member of the holder's role, here in C rather than in the view, so
+ * that calling the function directly reveals nothing more.  Keys of other
+ * databases are shown only when they are valid text in this database's
+ * encoding (NULL otherwise).
+ *
+ * Locking protocol: lock_table.cpp copies the leases under all partition
+ * locks (SHARED, ascending); role checks and tuple building run after they
+ * are released, because they may read catalogs.
+ *
+ *-------------------------------------------------------------------------
+ */
+extern "C"
+{
+#include "postgres.h"
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/inet.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+#include "utils/uuid.h"
+
+#include "lockext/sql_args.h"
+}
+
+#include "lockext/pg_boundary.hpp"
+
+#define LEASES_COLUMNS 13
+#define STATS_COLUMNS 12
+
+static Datum
+ClientAddrDatum(const LockextLease *lease, bool *isnull)
+{
+	char		text_addr[INET6_ADDRSTRLEN];
+
+	*isnull = true;
+	if (lease->client_family != AF_INET && lease->client_family != AF_INET6)
+		return (Datum) 0;
+	if (inet_ntop(lease->client_family, lease->client_addr, text_addr, sizeof(text_addr)) == NULL)
+		return (Datum) 0;
+	*isnull = false;
+	return DirectFunctionCall1(inet_in, CStringGetDatum(text_addr));
+}
+
+static bool
+KeyShowable(const LockextLeaseCopy *copy)
+{
+	return copy->dbid == MyDatabaseId || pg_verifymbstr(copy->key, (int) copy->key_len, true);
+}
+
+/*
+ * lockext_leases_internal() RETURNS SETOF record: one row per live lease in
+ * every database (dbid, key, lock_id, fence, ttl_ms, acquired_at,
+ * expires_at, remaining_ms, renewals, holder, pid, application_name,
+ * client_addr).
+ */
+LOCKEXT_SQL_FUNCTION(lockext_leases_internal)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	LockextLeaseCopy *copies;
+	int			count;
+	TimestampTz wall_now;
+	bool		see_all = superuser();
+
+	LockextRequireLoaded();
+	InitMaterializedSRF(fcinfo, 0);
+	copies = LockextCopyLiveLeases(&count);
+	wall_now = GetCurrentTimestamp();
+
+	for (int i = 0; i < count; i++)
+	{
+		const LockextLeaseCopy *copy = &copies[i];
+		const LockextLease *lease = &copy->lease;
+		Datum		values[LEASES_COLUMNS];
+		bool		nulls[LEASES_COLUMNS];
+		int			c = 0;
+
+		memset(nulls, 0, sizeof(nulls));
+		values[c++] = ObjectIdGetDatum(copy->dbid);
+		if (KeyShowable(copy))
+			values[c++] = PointerGetDatum(cstring_to_text_with_len(copy->key, (int) copy->key_len));
+		else
+			nulls[c++] = true;
+		if (see_all || is_member_of_role(GetUserId(), lease->holder))
+		{
+			pg_uuid_t  *id = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
+
+			*id = lease->lock_id;
+			values[c++] = UUIDPGetDatum(id);
+		}
+		else
+			nulls[c++] = true;
+		values[c++] = Int64GetDatum(lease->fence);
+		values[c++] = Int64GetDatum((int64) lease->ttl_ms);
+		values[c++] = TimestampTzGetDatum(lease->acquired_at);
+		values[c++] = TimestampTzGetDatum(wall_now + copy->remaining_ms * INT64CONST(1000));
+		values[c++] = Int64GetDatum(copy->remaining_ms);
+		values[c++] = Int64GetDatum((int64) lease->renewals);
+		values[c++] = ObjectIdGetDatum(lease->holder);
+		values[c++] = Int32GetDatum(lease->pid);
+		if (lease->application_name[0] != '\0')
+			values[c++] = CStringGetTextDatum(lease->application_name);
+		else
+			nulls[c++] = true;
+		values[c] = ClientAddrDatum(lease, &nulls[c]);
+		c++;
+		Assert(c == LEASES_COLUMNS);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* lockext_stats_internal() RETURNS record: the single row of lockext_stats */
+LOCKEXT_SQL_FUNCTION(lockext_stats_internal)
+{
+	TupleDesc	tupdesc;
+	LockextTableCounts counts;
+	Datum		values[STATS_COLUMNS];
+	bool		nulls[STATS_COLUMNS];
+	TimestampTz reset_at;
+	int			c = 0;
+
+	LockextRequireLoaded();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	LockextCollectCounts(&counts);
+	SpinLockAcquire(&lockext_state->mutex);
+	reset_at = lockext_state->stats_reset;
+	SpinLockRelease(&lockext_state->mutex);
+
+	memset(nulls, 0, sizeof(nulls));
+	values[c++] = Int64GetDatum((int64) counts.acquired);
+	values[c++] = Int64GetDatum((int64) counts.contended);
+	values[c++] = Int64GetDatum((int64) counts.renewed);
+	values[c++] = Int64GetDatum((int64) counts.renew_failed);
+	values[c++] = Int64GetDatum((int64) counts.released);
+	values[c++] = Int64GetDatum((int64) counts.release_noop);
+	values[c++] = Int64GetDatum((int64) counts.expired);
+	values[c++] = Int64GetDatum((int64) pg_atomic_read_u64(&lockext_state->table_full));
+	values[c++] = Int64GetDatum((int64) counts.live_leases);
+	values[c++] = Int32GetDatum(lockext_max_locks);
+	values[c++] = Int64GetDatum((int64) pg_atomic_read_u32(&lockext_state->high_water));
+	values[c++] = TimestampTzGetDatum(reset_at);
+	Assert(c == STATS_COLUMNS);
+	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
+}
+
+/* lockext_stats_reset() RETURNS void; revoked from PUBLIC */
+LOCKEXT_SQL_FUNCTION(lockext_stats_reset)
+{
+	(void) fcinfo;
+	LockextRequireLoaded();
+	LockextResetCounts();
+	PG_RETURN_VOID();
+}
+
+/*
+ * lockext_force_release(key text) RETURNS boolean; revoked from PUBLIC.
+ * Evicts the lease on key in the current database whoever holds it; true if
+ * a live lease was removed.  The evicted holder's renew and release then
+ * return false.
+ */
+LOCKEXT_SQL_FUNCTION(lockext_force_release)
+{
+	LockextProbeKey probe;
+
+	LockextCheckWritable("lockext_force_release");
+	LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
+	PG_RETURN_BOOL(LockextEvict(&probe));
+}
