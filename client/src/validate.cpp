@@ -1,0 +1,60 @@
+/*
+ * validate.cpp
+ *     Local argument checks shared by the memory and pg backends (see validate.hpp).
+ */
+#include "validate.hpp"
+
+namespace lockext::detail {
+
+std::string
+failure(std::string_view op, std::string_view what)
+{
+    std::string out(op);
+    out += " failed: ";
+    out += what;
+    return out;
+}
+
+std::string
+lock_lost(std::string_view key)
+{
+    std::string out = "renew failed: lock lost: '";
+    out += key;
+    out += "' is no longer held by this lock_id (expired, released or taken over)";
+    return out;
+}
+
+Result<void>
+check_key(std::string_view op, std::string_view key, std::size_t max_len)
+{
+    if (key.empty())
+        return std::unexpected(failure(op, "lock key must not be empty"));
+    if (key.find('\0') != std::string_view::npos)
+        return std::unexpected(failure(op, "lock key must not contain a NUL byte"));
+    if (max_len > 0 && key.size() > max_len)
+        return std::unexpected(failure(op, "lock key must be at most " + std::to_string(max_len) +
+                                               " bytes (the key is " +
+                                               std::to_string(key.size()) + " bytes long)"));
+    return {};
+}
+
+Result<void>
+check_ttl(std::string_view op, std::uint64_t ttl, std::uint64_t max_ttl)
+{
+    if (ttl < 1 || ttl > max_ttl)
+        return std::unexpected(
+            failure(op, "ttl_ms must be between 1 and " + std::to_string(max_ttl)));
+    return {};
+}
+
+Result<void>
+check_handle(std::string_view op, const LockHandle &handle, std::size_t max_key_len)
+{
+    if (auto ok = check_key(op, handle.key, max_key_len); !ok)
+        return ok;
+    if (handle.lock_id.empty())
+        return std::unexpected(failure(op, "lock_id must not be empty"));
+    return {};
+}
+
+} // namespace lockext::detail

@@ -1,0 +1,52 @@
+/*
+ * test_support.hpp
+ *     Helpers shared by the client test binaries: unique keys, environment lookup,
+ *     the list of backends the conformance suite runs against.
+ *
+ * Environment (set by client/test/run.sh):
+ *   LOCKEXT_TEST_DSN            conninfo of a server with lockext installed
+ *   LOCKEXT_TEST_PGBOUNCER_DSN  the same database through PgBouncer, transaction pooling
+ *   LOCKEXT_TEST_PG_STOP / LOCKEXT_TEST_PG_START  shell commands stopping/starting that server
+ */
+#ifndef LOCKEXT_TEST_SUPPORT_HPP
+#define LOCKEXT_TEST_SUPPORT_HPP
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <lockext/locking_plugin.hpp>
+#include <lockext/pg_locking_plugin.hpp>
+
+namespace lockext::test {
+
+/* The value of an environment variable, or nullopt when unset or empty. */
+std::optional<std::string> env(const char *name);
+
+/* "<prefix>-<16 random hex digits>", unique across runs and processes. */
+std::string unique_key(const std::string &prefix);
+
+/* The name of the running gtest test ("Suite.Name/param"), for key prefixes. */
+std::string current_test_name();
+
+/* A backend the conformance suite runs against. make() returns nullptr and sets why
+ * when the backend is not configured (the test is then skipped with that message). */
+struct Backend {
+    std::string label;
+    std::function<std::unique_ptr<LockingPlugin>(std::string &why)> make;
+};
+
+std::vector<Backend> conformance_backends();
+
+/* A pg plugin on LOCKEXT_TEST_DSN (or the given env var), or nullptr + why. */
+std::unique_ptr<PgLockingPlugin> make_pg(std::string &why, PgOptions options = {},
+                                         const char *dsn_var = "LOCKEXT_TEST_DSN");
+
+/* Runs a shell command, returns its exit status (0 = success). */
+int run_command(const std::string &command);
+
+} // namespace lockext::test
+
+#endif
