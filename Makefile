@@ -30,3 +30,6 @@ SHLIB_LINK  = -lstdc++
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS does not track header dependencies; every object depends on every header.
+$(OBJS): $(wildcard $(srcdir)/include/lockext/*.h $(srcdir)/include/lockext/*.hpp $(srcdir)/include/lockext/core/*.hpp)

@@ -134,6 +134,7 @@ InitSharedState(LockextSharedState *state)
 	pg_atomic_init_u64(&state->earliest_expiry_ns, PG_UINT64_MAX);
 	pg_atomic_init_u32(&state->clock_frozen, 0);
 	pg_atomic_init_u64(&state->frozen_now_ns, 0);
+	pg_atomic_init_u64(&state->clock_offset_ns, 0);
 	if (!pg_strong_random(&state->hash_seed, sizeof(state->hash_seed)))
 		ereport(FATAL, (errmsg("lockext could not generate a random hash seed")));
 	state->grace_until_ns = 0;
@@ -206,19 +207,28 @@ LockextPartitionLock(uint32 hash)
 	return &partition_locks[LockextPartitionOf(hash)].lock;
 }
 
+/* CLOCK_MONOTONIC in nanoseconds: wall-clock steps do not move it. */
+int64
+LockextRealNowNanos(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /*
- * The instant that lease expiry is measured against: CLOCK_MONOTONIC in
- * nanoseconds, which wall-clock steps do not move, or the frozen value set
- * by the test hooks.  Never GetCurrentTimestamp().
+ * The instant that lease expiry is measured against: the monotonic clock,
+ * never GetCurrentTimestamp().  With lockext.enable_test_hooks on, the test
+ * clock can be frozen and advanced by hand, and after release runs on from
+ * where it stood (real clock plus an offset), so it never goes backwards.
  */
 int64
 LockextNowNanos(void)
 {
-	struct timespec ts;
-
-	if (unlikely(lockext_enable_test_hooks) && pg_atomic_read_u32(&lockext_state->clock_frozen))
+	if (likely(!lockext_enable_test_hooks))
+		return LockextRealNowNanos();
+	if (pg_atomic_read_u32(&lockext_state->clock_frozen))
 		return (int64) pg_atomic_read_u64(&lockext_state->frozen_now_ns);
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64) ts.tv_sec * 1000000000 + ts.tv_nsec;
+	return LockextRealNowNanos() + (int64) pg_atomic_read_u64(&lockext_state->clock_offset_ns);
 }

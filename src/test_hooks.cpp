@@ -18,8 +18,6 @@ extern "C"
 {
 #include "postgres.h"
 
-#include <time.h>
-
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -44,15 +42,6 @@ RequireTestHooks(const char *fname)
 				 errhint("Set lockext.enable_test_hooks = on at server start, in test clusters only.")));
 }
 
-static int64
-RealNowNanos(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* lockext_test_clock_freeze(): expiry time stops until advanced or released */
 LOCKEXT_SQL_FUNCTION(lockext_test_clock_freeze)
 {
@@ -60,7 +49,7 @@ LOCKEXT_SQL_FUNCTION(lockext_test_clock_freeze)
 	RequireTestHooks("lockext_test_clock_freeze");
 	if (!pg_atomic_read_u32(&lockext_state->clock_frozen))
 	{
-		pg_atomic_write_u64(&lockext_state->frozen_now_ns, (uint64) RealNowNanos());
+		pg_atomic_write_u64(&lockext_state->frozen_now_ns, (uint64) LockextNowNanos());
 		pg_atomic_write_u32(&lockext_state->clock_frozen, 1);
 	}
 	PG_RETURN_VOID();
@@ -85,14 +74,21 @@ LOCKEXT_SQL_FUNCTION(lockext_test_clock_advance)
 }
 
 /*
- * lockext_test_clock_release(): back to the real monotonic clock.  Leases
- * granted while frozen keep their expiry instants.
+ * lockext_test_clock_release(): the clock runs again from the instant it
+ * was frozen at (plus what it was advanced), at real speed.
  */
 LOCKEXT_SQL_FUNCTION(lockext_test_clock_release)
 {
 	(void) fcinfo;
 	RequireTestHooks("lockext_test_clock_release");
-	pg_atomic_write_u32(&lockext_state->clock_frozen, 0);
+	if (pg_atomic_read_u32(&lockext_state->clock_frozen))
+	{
+		int64		frozen = (int64) pg_atomic_read_u64(&lockext_state->frozen_now_ns);
+		int64		offset = frozen - LockextRealNowNanos();
+
+		pg_atomic_write_u64(&lockext_state->clock_offset_ns, (uint64) Max(offset, 0));
+		pg_atomic_write_u32(&lockext_state->clock_frozen, 0);
+	}
 	PG_RETURN_VOID();
 }
 
@@ -152,10 +148,10 @@ LOCKEXT_SQL_FUNCTION(lockext_test_stall)
 
 	lock = &GetNamedLWLockTranche(LOCKEXT_TRANCHE_NAME)[partition].lock;
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	deadline = RealNowNanos() + (int64) ms * 1000000;
+	deadline = LockextRealNowNanos() + (int64) ms * 1000000;
 	for (;;)
 	{
-		int64		left_ms = (deadline - RealNowNanos()) / 1000000;
+		int64		left_ms = (deadline - LockextRealNowNanos()) / 1000000;
 
 		if (left_ms <= 0)
 			break;

@@ -110,8 +110,11 @@ typedef struct LockextSharedState
 	pg_atomic_uint32 high_water;	/* most entries ever in use at once */
 	pg_atomic_uint64 table_full;	/* grants refused for lack of a slot */
 	pg_atomic_uint64 earliest_expiry_ns;	/* no live lease expires before this */
-	pg_atomic_uint32 clock_frozen;	/* test hook */
-	pg_atomic_uint64 frozen_now_ns; /* test hook */
+	pg_atomic_uint32 clock_frozen;	/* test hook: expiry clock stopped */
+	pg_atomic_uint64 frozen_now_ns; /* test hook: the stopped clock's value */
+	pg_atomic_uint64 clock_offset_ns;	/* test hook: added to the real clock so
+										 * that releasing a frozen clock never
+										 * moves time backwards */
 	uint64		hash_seed;		/* random per shared-memory lifetime */
 	int64		grace_until_ns; /* grants report contention before this */
 	slock_t		mutex;
@@ -125,6 +128,7 @@ extern HTAB *lockext_table;
 extern void LockextInstallShmemHooks(void);
 extern void LockextRequireLoaded(void);
 extern int64 LockextNowNanos(void);
+extern int64 LockextRealNowNanos(void);
 extern uint32 LockextHashKey(Oid dbid, const char *bytes, uint32 len);
 extern Size LockextKeySize(void);
 extern Size LockextEntrySize(void);

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Runs every lockext test suite and ends with one line "N passed, M failed".
+# Exit status is non-zero on any failure. Run as root (or via sudo): it
+# installs dependencies, builds and installs lockext, and runs PostgreSQL as
+# the unprivileged postgres user on throwaway instances.
+#
+#   tools/test.sh            all suites
+#   LOCKEXT_SUITES="regress isolation" tools/test.sh   a subset
+#     (unit regress isolation tap client)
+set -uo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/tools/lib.sh"
+require_root
+
+suites=${LOCKEXT_SUITES:-"unit regress isolation tap client"}
+passed=0
+failed=0
+started=$(date +%s)
+
+record() {
+	local suite=$1 p=$2 f=$3 rc=$4
+	# a runner that failed without reporting a failing test still counts as one failure
+	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+	passed=$((passed + p))
+	failed=$((failed + f))
+	printf '%-12s %5d passed, %d failed\n' "$suite:" "$p" "$f"
+}
+
+finish() {
+	echo "== all suites done in $(($(date +%s) - started)) s"
+	echo "$passed passed, $failed failed"
+	[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+	exit $?
+}
+
+"$top/tools/install-deps.sh" || { record deps 0 1 1; finish; }
+scratch=$(make_scratch_dir)
+trap 'rm -rf "$scratch"' EXIT
+
+echo "== building and installing lockext"
+if ! build_and_install "$top" "$scratch/build.log"; then
+	record build 0 1 1
+	finish
+fi
+
+has_suite() { [[ " $suites " == *" $1 "* ]]; }
+
+count() { grep -cE "$1" "$2" || true; }
+
+# Unit tests of the PostgreSQL-free core, under AddressSanitizer and UBSan.
+if has_suite unit; then
+	log=$scratch/unit.log
+	{
+		cmake -S "$top/test/unit" -B "$scratch/unit-build" -DCMAKE_BUILD_TYPE=Debug \
+			-DLOCKEXT_SANITIZE=ON && cmake --build "$scratch/unit-build" -j"$(nproc)" &&
+			"$scratch/unit-build/lockext_core_tests" --gtest_brief=1
+	} >"$log" 2>&1
+	rc=$?
+	p=$(sed -nE 's/.*\[  PASSED  \] ([0-9]+) tests?.*/\1/p' "$log" | tail -1)
+	f=$(sed -nE 's/.*\[  FAILED  \] ([0-9]+) tests?,.*/\1/p' "$log" | tail -1)
+	[ "$rc" -ne 0 ] && tail -50 "$log"
+	record unit "${p:-0}" "${f:-0}" "$rc"
+fi
+
+# The server suites run from a postgres-owned copy of the tree.
+copy=$scratch/src
+mkdir -p "$copy"
+tar -C "$top" --exclude=./client --exclude=./.git --exclude='./build*' -cf - . | tar -C "$copy" -xf -
+chown -R postgres:postgres "$scratch"
+pg_make() {
+	as_postgres make -C "$copy" PG_CONFIG="$PG_CONFIG" installcheck \
+		EXTRA_REGRESS_OPTS="--temp-instance=$copy/tmp_instance" "$@"
+}
+
+if has_suite regress; then
+	log=$scratch/regress.log
+	pg_make ISOLATION= TAP_TESTS= >"$log" 2>&1
+	rc=$?
+	[ "$rc" -ne 0 ] && { cat "$log"; head -300 "$copy/regression.diffs" 2>/dev/null; }
+	record regress "$(count '\.\.\. ok' "$log")" "$(count '\.\.\. FAILED' "$log")" "$rc"
+fi
+
+if has_suite isolation; then
+	log=$scratch/isolation.log
+	pg_make REGRESS= TAP_TESTS= >"$log" 2>&1
+	rc=$?
+	[ "$rc" -ne 0 ] && { cat "$log"; head -300 "$copy/output_iso/regression.diffs" 2>/dev/null; }
+	record isolation "$(count '\.\.\. ok' "$log")" "$(count '\.\.\. FAILED' "$log")" "$rc"
+fi
+
+if has_suite tap && ls "$copy"/test/t/*.pl >/dev/null 2>&1; then
+	log=$scratch/tap.log
+	pg_make REGRESS= ISOLATION= PROVE_FLAGS="--timer" >"$log" 2>&1
+	rc=$?
+	total=$(sed -nE 's/^Files=[0-9]+, Tests=([0-9]+),.*/\1/p' "$log" | tail -1)
+	bad=$(sed -nE 's/.*Failed ([0-9]+)\/[0-9]+ subtests.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+	total=${total:-0}
+	bad=${bad:-0}
+	if [ "$rc" -ne 0 ]; then
+		cat "$log"
+		for f in "$copy"/tmp_check/log/regress_log_*; do
+			[ -f "$f" ] && { echo "---- $f"; tail -40 "$f"; }
+		done
+	fi
+	record tap "$((total - bad))" "$bad" "$rc"
+fi
+
+if has_suite client && [ -x "$top/client/test/run.sh" ]; then
+	log=$scratch/client.log
+	bash "$top/client/test/run.sh" >"$log" 2>&1
+	rc=$?
+	last=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+	[ "$rc" -ne 0 ] && tail -80 "$log"
+	p=$(echo "$last" | sed -nE 's/^([0-9]+) passed.*/\1/p')
+	f=$(echo "$last" | sed -nE 's/.* ([0-9]+) failed.*/\1/p')
+	record client "${p:-0}" "${f:-0}" "$rc"
+fi
+
+finish
