@@ -1,0 +1,474 @@
+/*
+ * pg_test.cpp
+ *     Cases only the pg backend has: server errors with SQLSTATE, capacity, schema and
+ *     pool options, sessionless use, an unreachable or unresponsive server, PgBouncer
+ *     with named prepared statements, the example program, and (last, because they
+ *     stop the shared test server) downtime and restart.
+ *
+ * Needs LOCKEXT_TEST_DSN (else skipped); PgBouncer cases need LOCKEXT_TEST_PGBOUNCER_DSN,
+ * restart cases LOCKEXT_TEST_PG_STOP and LOCKEXT_TEST_PG_START (see test_support.hpp).
+ */
+#include <gtest/gtest.h>
+
+#include <libpq-fe.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+using lockext::LockHandle;
+using lockext::PgLockingPlugin;
+using lockext::PgOptions;
+using lockext::test::env;
+using lockext::test::make_pg;
+using lockext::test::unique_key;
+
+namespace {
+
+std::string
+key(const std::string &suffix = "k")
+{
+    return unique_key(lockext::test::current_test_name() + "-" + suffix);
+}
+
+#define PG_PLUGIN_OR_SKIP(var, ...)                                                            \
+    std::string var##_why;                                                                     \
+    auto var = make_pg(var##_why, ##__VA_ARGS__);                                              \
+    if (!var)                                                                                  \
+        GTEST_SKIP() << var##_why;
+
+bool
+contains(const std::string &text, const char *needle)
+{
+    return text.find(needle) != std::string::npos;
+}
+
+/* A TCP port on 127.0.0.1 that listens (if keep_listening) but never answers, or that
+ * nothing listens on. */
+class LocalPort {
+public:
+    explicit LocalPort(bool keep_listening)
+    {
+        m_fd = socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof addr;
+        if (bind(m_fd, reinterpret_cast<sockaddr *>(&addr), len) != 0 ||
+            getsockname(m_fd, reinterpret_cast<sockaddr *>(&addr), &len) != 0 ||
+            (keep_listening && listen(m_fd, 16) != 0))
+            ADD_FAILURE() << "could not set up a local port";
+        m_port = ntohs(addr.sin_port);
+        if (!keep_listening)
+        {
+            close(m_fd);
+            m_fd = -1;
+        }
+    }
+    ~LocalPort()
+    {
+        if (m_fd >= 0)
+            close(m_fd);
+    }
+    std::string conninfo() const
+    {
+        return "host=127.0.0.1 port=" + std::to_string(m_port) + " dbname=postgres user=postgres";
+    }
+
+private:
+    int m_fd = -1;
+    int m_port = 0;
+};
+
+/* A server error keeps its SQLSTATE and message, for both statement kinds. */
+TEST(PgBackend, ServerErrorsCarrySqlstateAndMessage)
+{
+    for (bool prepared : {true, false})
+    {
+        PgOptions options;
+        options.prepared_statements = prepared;
+        PG_PLUGIN_OR_SKIP(pg, options);
+        auto too_long = pg->try_lock(key(), 300001);
+        ASSERT_FALSE(too_long.has_value());
+        EXPECT_TRUE(too_long.error().starts_with("try_lock failed: [22023] ")) << too_long.error();
+        EXPECT_TRUE(contains(too_long.error(), "ttl_ms")) << too_long.error();
+
+        auto huge_key = pg->try_lock(std::string(100000, 'k'), 1000);
+        ASSERT_FALSE(huge_key.has_value());
+        EXPECT_TRUE(huge_key.error().starts_with("try_lock failed: [22023] ")) << huge_key.error();
+
+        LockHandle bad{key(), "not-a-uuid", 1000, 1};
+        auto renewed = pg->renew(bad);
+        ASSERT_FALSE(renewed.has_value());
+        EXPECT_TRUE(renewed.error().starts_with("renew failed: [22P02] ")) << renewed.error();
+        auto released = pg->release(bad);
+        ASSERT_FALSE(released.has_value()) << "a malformed lock_id is bad input, not a no-op";
+        EXPECT_TRUE(released.error().starts_with("release failed: [22P02] ")) << released.error();
+
+        // The connection survives server errors: the next call works.
+        auto ok = pg->try_lock(key(), 1000);
+        ASSERT_TRUE(ok && ok->has_value()) << (ok ? "contention" : ok.error());
+        EXPECT_TRUE(pg->release(**ok).has_value());
+    }
+}
+
+/* A table full of live leases is an error with SQLSTATE 53400, never contention. */
+TEST(PgBackend, FullTableIsAnErrorNotContention)
+{
+    PgOptions options;
+    options.prepared_statements = true;
+    PG_PLUGIN_OR_SKIP(pg, options);
+    std::vector<LockHandle> held;
+    std::string error;
+    const std::string prefix = key();
+    for (int i = 0; i < 20000 && error.empty(); ++i)
+    {
+        auto r = pg->try_lock(prefix + "-" + std::to_string(i), 60000);
+        if (!r)
+            error = r.error();
+        else if (!r->has_value())
+            ADD_FAILURE() << "fresh key reported as contention";
+        else
+            held.push_back(**r);
+    }
+    EXPECT_TRUE(error.starts_with("try_lock failed: [53400] ")) << error;
+    EXPECT_TRUE(contains(error, "lockext.max_locks")) << "the hint should name the GUC: " << error;
+    for (const auto &h : held)
+        EXPECT_TRUE(pg->release(h).has_value());
+    auto after = pg->try_lock(prefix + "-after", 1000);
+    ASSERT_TRUE(after && after->has_value()) << "released slots must be reusable";
+    EXPECT_TRUE(pg->release(**after).has_value());
+}
+
+/* Leases are sessionless: another plugin (other connections) renews and releases. */
+TEST(PgBackend, AnotherInstanceCanRenewAndReleaseWithTheLockId)
+{
+    PG_PLUGIN_OR_SKIP(first);
+    PgOptions unnamed;
+    unnamed.prepared_statements = false;
+    PG_PLUGIN_OR_SKIP(second, unnamed);
+    const std::string k = key();
+    auto h = first->try_lock(k, 30000);
+    ASSERT_TRUE(h && h->has_value());
+    ASSERT_TRUE(first->cleanup().has_value()); // the granting connections are gone
+    EXPECT_TRUE(second->renew(**h).has_value());
+    auto other = second->try_lock(k, 30000);
+    ASSERT_TRUE(other.has_value());
+    EXPECT_FALSE(other->has_value());
+    EXPECT_TRUE(second->release(**h).has_value());
+    auto again = second->try_lock(k, 30000);
+    ASSERT_TRUE(again && again->has_value());
+    EXPECT_TRUE(second->release(**again).has_value());
+}
+
+TEST(PgBackend, SchemaOptionQualifiesTheFunctions)
+{
+    PgOptions in_public;
+    in_public.schema = "public";
+    PG_PLUGIN_OR_SKIP(pg, in_public);
+    auto h = pg->try_lock(key(), 1000);
+    ASSERT_TRUE(h && h->has_value()) << (h ? "contention" : h.error());
+    EXPECT_TRUE(pg->release(**h).has_value());
+
+    for (bool prepared : {true, false})
+    {
+        PgOptions missing;
+        missing.schema = "no_such\"schema";
+        missing.prepared_statements = prepared;
+        PG_PLUGIN_OR_SKIP(bad, missing);
+        auto r = bad->try_lock(key(), 1000);
+        ASSERT_FALSE(r.has_value()) << "a missing schema must be an error, not contention";
+        EXPECT_TRUE(r.error().starts_with("try_lock failed: [3F000] ")) << r.error();
+    }
+}
+
+TEST(PgBackend, CleanupClosesThePoolAndLaterCallsFail)
+{
+    PG_PLUGIN_OR_SKIP(pg);
+    auto h = pg->try_lock(key(), 1000);
+    ASSERT_TRUE(h && h->has_value());
+    EXPECT_TRUE(pg->cleanup().has_value());
+    auto r = pg->release(**h);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_TRUE(contains(r.error(), "cleanup")) << r.error();
+}
+
+/* Counts server backends whose application_name is name. */
+int
+count_backends(const std::string &dsn, const std::string &name)
+{
+    PGconn *conn = PQconnectdb(dsn.c_str());
+    const char *params[] = {name.c_str()};
+    PGresult *res = PQexecParams(
+        conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", 1, nullptr,
+        params, nullptr, nullptr, 0);
+    int n = PQresultStatus(res) == PGRES_TUPLES_OK ? std::atoi(PQgetvalue(res, 0, 0)) : -1;
+    PQclear(res);
+    PQfinish(conn);
+    return n;
+}
+
+/* 12 threads share 3 connections: never more are opened, waits for a free one are
+ * bounded by acquire_timeout, and a too-short bound is a clear error. */
+TEST(PgBackend, PoolIsBoundedAndWaitsAreBounded)
+{
+    auto dsn = env("LOCKEXT_TEST_DSN");
+    if (!dsn)
+        GTEST_SKIP() << "LOCKEXT_TEST_DSN is not set";
+    const std::string app = unique_key("pool");
+    for (auto [size, wait] : {std::pair{3, 5000ms}, std::pair{1, 0ms}})
+    {
+        PgOptions options;
+        options.pool_size = static_cast<std::size_t>(size);
+        options.acquire_timeout = wait;
+        PgLockingPlugin pg(*dsn + " application_name=" + app, options);
+        std::atomic<int> ok{0}, waited_out{0}, other{0}, max_seen{0};
+        std::mutex first_mutex;
+        std::string first_other;
+        auto classify = [&](const std::string &error) {
+            if (contains(error, "acquire_timeout"))
+                return void(++waited_out);
+            ++other;
+            std::lock_guard g(first_mutex);
+            if (first_other.empty())
+                first_other = error;
+        };
+        std::vector<std::thread> threads;
+        for (int t = 0; t < 12; ++t)
+            threads.emplace_back([&, t] {
+                for (int i = 0; i < 30; ++i)
+                {
+                    auto r = pg.try_lock(key(std::to_string(t)), 1000);
+                    if (!r)
+                        classify(r.error());
+                    else if (!r->has_value())
+                        classify("contention on a fresh key");
+                    else if (auto rel = pg.release(**r); !rel)
+                        classify(rel.error());
+                    else
+                        ++ok;
+                }
+            });
+        for (int probe = 0; probe < 5; ++probe)
+        {
+            max_seen = std::max(max_seen.load(), count_backends(*dsn, app));
+            std::this_thread::sleep_for(20ms);
+        }
+        for (auto &t : threads)
+            t.join();
+        max_seen = std::max(max_seen.load(), count_backends(*dsn, app));
+        EXPECT_LE(max_seen.load(), size);
+        EXPECT_EQ(other.load(), 0) << first_other;
+        EXPECT_GT(ok.load(), 0);
+        if (wait.count() > 0)
+        {
+            EXPECT_EQ(waited_out.load(), 0) << "5 s is plenty for 12 threads on 3 connections";
+        }
+        else
+        {
+            EXPECT_GT(waited_out.load(), 0) << "12 threads on 1 connection with no wait";
+        }
+    }
+}
+
+/* Nothing listens: errors (never contention) from the constructor-time-safe plugin. */
+TEST(PgBackend, UnreachableServerIsAnErrorNotContention)
+{
+    LocalPort closed(false);
+    PgOptions options;
+    options.connect_timeout = 2s;
+    PgLockingPlugin pg(closed.conninfo(), options); // must not throw
+    auto r = pg.try_lock(key(), 1000);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_TRUE(r.error().starts_with("try_lock failed: could not connect to server: "))
+        << r.error();
+    LockHandle h{key(), "00000000-0000-4000-8000-000000000000", 1000, 1};
+    EXPECT_FALSE(pg.renew(h).has_value());
+    EXPECT_FALSE(pg.release(h).has_value()) << "a release that could not run is an error";
+}
+
+/* The port accepts TCP but never speaks the protocol: connect_timeout bounds the wait. */
+TEST(PgBackend, UnresponsiveServerTimesOut)
+{
+    LocalPort silent(true);
+    PgOptions options;
+    options.connect_timeout = 2s;
+    PgLockingPlugin pg(silent.conninfo(), options);
+    const auto start = std::chrono::steady_clock::now();
+    auto r = pg.try_lock(key(), 1000);
+    const auto took = std::chrono::steady_clock::now() - start;
+    ASSERT_FALSE(r.has_value());
+    EXPECT_TRUE(contains(r.error(), "could not connect")) << r.error();
+    EXPECT_LT(took, 5s);
+}
+
+/* PgBouncer 1.18, transaction pooling: named prepared statements land on server
+ * connections that did not prepare them. Every call either answers correctly or fails
+ * with an error that names the cause; none reports contention on a fresh key. */
+TEST(PgBouncer, NamedPreparedStatementsFailClearlyNeverWrongly)
+{
+    PgOptions named;
+    named.pool_size = 1;
+    named.prepared_statements = true;
+    PG_PLUGIN_OR_SKIP(a, named, "LOCKEXT_TEST_PGBOUNCER_DSN");
+    PG_PLUGIN_OR_SKIP(b, named, "LOCKEXT_TEST_PGBOUNCER_DSN");
+    int errors = 0;
+    for (int i = 0; i < 20; ++i)
+    {
+        PgLockingPlugin &pg = i % 2 ? *a : *b;
+        auto r = pg.try_lock(key(std::to_string(i)), 10000);
+        if (!r)
+        {
+            ++errors;
+            EXPECT_TRUE(contains(r.error(), "prepared statement")) << r.error();
+            EXPECT_TRUE(contains(r.error(), "prepared_statements = false")) << r.error();
+            continue;
+        }
+        ASSERT_TRUE(r->has_value()) << "a fresh key reported as contention: a wrong answer";
+        auto rel = pg.release(**r);
+        if (!rel)
+        {
+            EXPECT_TRUE(contains(rel.error(), "prepared statement")) << rel.error();
+        }
+    }
+    EXPECT_GT(errors, 0) << "expected named statements to clash through the pooler";
+}
+
+/* The example: the second instance, started after the first's TTL has passed once,
+ * still skips, so the first renewed its lease; the first finishes its job. */
+TEST(Example, NightlyReportRunsOnceAndRenewsWhileRunning)
+{
+    auto dsn = env("LOCKEXT_TEST_DSN");
+    if (!dsn)
+        GTEST_SKIP() << "LOCKEXT_TEST_DSN is not set";
+    const std::string k = key();
+    const std::string cmd =
+        std::string(LOCKEXT_NIGHTLY_REPORT) + " '" + *dsn + "' '" + k + "' ";
+    FILE *first = popen((cmd + "2000").c_str(), "r");
+    ASSERT_NE(first, nullptr);
+    std::this_thread::sleep_for(1300ms); // > ttl (900 ms): only renewals keep the lease
+    FILE *second = popen((cmd + "10").c_str(), "r");
+    ASSERT_NE(second, nullptr);
+    auto slurp = [](FILE *f, int &status) {
+        std::string out;
+        char buf[256];
+        while (std::fgets(buf, sizeof buf, f))
+            out += buf;
+        status = pclose(f);
+        return out;
+    };
+    int s1 = 0, s2 = 0;
+    std::string out2 = slurp(second, s2);
+    std::string out1 = slurp(first, s1);
+    EXPECT_EQ(s2, 0);
+    EXPECT_TRUE(contains(out2, "skipped")) << out2;
+    EXPECT_EQ(s1, 0);
+    EXPECT_TRUE(contains(out1, "report done under fence")) << out1;
+}
+
+/* ---- these stop the shared server: keep them last ---- */
+
+class PgServerControl : public ::testing::Test {
+protected:
+    void
+    SetUp() override
+    {
+        m_dsn = env("LOCKEXT_TEST_DSN").value_or("");
+        m_stop = env("LOCKEXT_TEST_PG_STOP").value_or("");
+        m_start = env("LOCKEXT_TEST_PG_START").value_or("");
+        if (m_dsn.empty() || m_stop.empty() || m_start.empty())
+            GTEST_SKIP() << "needs LOCKEXT_TEST_DSN, LOCKEXT_TEST_PG_STOP, LOCKEXT_TEST_PG_START";
+    }
+    void
+    TearDown() override
+    {
+        if (m_stopped)
+            lockext::test::run_command(m_start);
+    }
+    void
+    stop()
+    {
+        ASSERT_EQ(lockext::test::run_command(m_stop), 0);
+        m_stopped = true;
+    }
+    void
+    start()
+    {
+        ASSERT_EQ(lockext::test::run_command(m_start), 0);
+        m_stopped = false;
+    }
+
+    /* try_lock on a fresh key, allowing one clear failure right after a restart. */
+    void
+    expect_grant_within_two_calls(PgLockingPlugin &pg)
+    {
+        auto r = pg.try_lock(key("after"), 1000);
+        if (!r)
+        {
+            EXPECT_TRUE(contains(r.error(), "connection") || contains(r.error(), "terminat"))
+                << "the first failure after a restart should say why: " << r.error();
+            r = pg.try_lock(key("after2"), 1000);
+        }
+        ASSERT_TRUE(r.has_value()) << r.error();
+        ASSERT_TRUE(r->has_value());
+        EXPECT_TRUE(pg.release(**r).has_value());
+    }
+
+    std::string m_dsn, m_stop, m_start;
+    bool m_stopped = false;
+};
+
+TEST_F(PgServerControl, RestartMidUseCostsAtMostOneFailedCall)
+{
+    for (bool prepared : {true, false})
+    {
+        PgOptions options;
+        options.pool_size = 3;
+        options.prepared_statements = prepared;
+        PgLockingPlugin pg(m_dsn, options);
+        // Fill the pool with idle connections.
+        std::vector<std::thread> warm;
+        for (int t = 0; t < 3; ++t)
+            warm.emplace_back([&] { (void) pg.try_lock(key("warm"), 1000); });
+        for (auto &t : warm)
+            t.join();
+        stop();
+        start();
+        expect_grant_within_two_calls(pg);
+        expect_grant_within_two_calls(pg);
+    }
+}
+
+TEST_F(PgServerControl, DowntimeGivesErrorsAndTheSameInstanceRecovers)
+{
+    PgOptions options;
+    options.connect_timeout = 2s;
+    PgLockingPlugin before(m_dsn, options);
+    const std::string k = key();
+    auto h = before.try_lock(k, 60000);
+    ASSERT_TRUE(h && h->has_value());
+    stop();
+    PgLockingPlugin during(m_dsn, options); // constructing while down must not throw
+    for (PgLockingPlugin *pg : {&before, &during})
+    {
+        auto r = pg->try_lock(key("down"), 1000);
+        ASSERT_FALSE(r.has_value()) << "server down must be an error, not contention";
+        EXPECT_TRUE(r.error().starts_with("try_lock failed: ")) << r.error();
+        EXPECT_FALSE(pg->renew(**h).has_value());
+        EXPECT_FALSE(pg->release(**h).has_value());
+    }
+    start();
+    expect_grant_within_two_calls(before);
+    expect_grant_within_two_calls(during);
+    EXPECT_TRUE(before.release(**h).has_value());
+}
+
+} // namespace

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# client/test/run.sh — build and test the lockext C++ client library.
+#
+# Run as root on Debian 12 after the extension is installed (make install). It:
+#   1. installs missing build/test packages (cmake g++ libpq-dev libgtest-dev pgbouncer
+#      pkg-config postgresql-15);
+#   2. builds the client three times: build-release, build-asan (ASan+UBSan), build-tsan;
+#   3. starts a throwaway PostgreSQL 15 cluster as user postgres (lockext preloaded,
+#      lockext.max_locks=1000, 127.0.0.1 on a free port) and PgBouncer 1.18 in
+#      transaction pooling mode in front of it;
+#   4. runs every gtest binary of every build (pg cases included: a skipped test counts
+#      as a failure here) and builds + runs a tiny app against the INSTALLED library
+#      using only `pkg-config --cflags --libs lockext-client`;
+#   5. prints per-binary results and a final line "N passed, M failed"; exits non-zero
+#      on any failure. Everything it started is stopped on exit.
+# Build output goes to a log file that is printed only on failure.
+set -u -o pipefail
+
+CLIENT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=/usr/lib/postgresql/15/bin
+WORK=$(mktemp -d /tmp/lockext-client-test.XXXXXX)
+chmod 755 "$WORK"
+LOG=$WORK/build.log
+PASSED=0
+FAILED=0
+PGCTL=""
+BOUNCER_PID=""
+
+say() { printf '%s\n' "$*"; }
+die() {
+    say "run.sh: $*"
+    [ -s "$LOG" ] && { say "---- $LOG (last 60 lines) ----"; tail -n 60 "$LOG"; }
+    FAILED=$((FAILED + 1))
+    say "$PASSED passed, $FAILED failed"
+    exit 1
+}
+
+cleanup() {
+    if [ -n "$BOUNCER_PID" ]; then kill -INT "$BOUNCER_PID" 2>/dev/null; fi
+    if [ -n "$PGCTL" ]; then $PGCTL stop -m immediate >/dev/null 2>&1; fi
+    if [ "${KEEP_WORK:-0}" = 1 ] || [ "$FAILED" -gt 0 ]; then
+        say "run.sh: logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+
+# A TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+    local p
+    for _ in $(seq 1 100); do
+        p=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# ---- 1. packages ---------------------------------------------------------------
+missing=()
+for pkg in cmake g++ libpq-dev libgtest-dev pgbouncer pkg-config postgresql-15; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing: ${missing[*]}"
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"; } \
+        >>"$LOG" 2>&1 || die "apt-get install failed"
+fi
+[ -f "$PGBIN/../lib/lockext.so" ] || [ -f /usr/lib/postgresql/15/lib/lockext.so ] ||
+    die "lockext.so is not installed: run make install first"
+
+# ---- 2. builds -----------------------------------------------------------------
+build() {
+    local name=$1
+    shift
+    local start=$SECONDS
+    say "== build $name" >>"$LOG"
+    cmake -S "$CLIENT" -B "$CLIENT/build-$name" -DLOCKEXT_CLIENT_TESTS=ON \
+        -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >>"$LOG" 2>&1 &&
+        cmake --build "$CLIENT/build-$name" -j2 >>"$LOG" 2>&1 || die "build $name failed"
+    say "built $name in $((SECONDS - start)) s"
+}
+build release
+build asan -DLOCKEXT_CLIENT_SANITIZE=address,undefined
+build tsan -DLOCKEXT_CLIENT_SANITIZE=thread
+
+# ---- 3. PostgreSQL and PgBouncer -----------------------------------------------
+mkdir -p "$WORK/pg" "$WORK/pgb"
+chown postgres:postgres "$WORK/pg" "$WORK/pgb"
+PORT=$(free_port) || die "no free port"
+runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg/data" --auth=trust -U postgres \
+    >>"$LOG" 2>&1 || die "initdb failed"
+cat >>"$WORK/pg/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$WORK/pg'
+shared_preload_libraries = 'lockext'
+lockext.max_locks = 1000
+max_connections = 100
+fsync = off
+CONF
+PGCTL="runuser -u postgres -- $PGBIN/pg_ctl -D $WORK/pg/data -l $WORK/pg/server.log -w -t 60"
+$PGCTL start >>"$LOG" 2>&1 || die "server start failed: $(tail -n 5 "$WORK/pg/server.log")"
+export LOCKEXT_TEST_DSN="host=127.0.0.1 port=$PORT dbname=postgres user=postgres"
+"$PGBIN/psql" "$LOCKEXT_TEST_DSN" -v ON_ERROR_STOP=1 -qc 'CREATE EXTENSION lockext' \
+    >>"$LOG" 2>&1 || die "CREATE EXTENSION lockext failed"
+export LOCKEXT_TEST_PG_STOP="$PGCTL stop -m fast"
+export LOCKEXT_TEST_PG_START="$PGCTL start"
+
+BPORT=$(free_port) || die "no free port"
+printf '"postgres" ""\n' >"$WORK/pgb/users.txt"
+cat >"$WORK/pgb/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BPORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/pgb/users.txt
+pool_mode = transaction
+default_pool_size = 2
+max_client_conn = 200
+server_check_delay = 0
+logfile = $WORK/pgb/pgbouncer.log
+pidfile = $WORK/pgb/pgbouncer.pid
+INI
+chown -R postgres:postgres "$WORK/pgb"
+runuser -u postgres -- /usr/sbin/pgbouncer -d "$WORK/pgb/pgbouncer.ini" >>"$LOG" 2>&1 ||
+    die "pgbouncer failed to start"
+for _ in $(seq 1 50); do
+    [ -s "$WORK/pgb/pgbouncer.pid" ] && break
+    sleep 0.1
+done
+BOUNCER_PID=$(cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null)
+export LOCKEXT_TEST_PGBOUNCER_DSN="host=127.0.0.1 port=$BPORT dbname=postgres user=postgres"
+"$PGBIN/psql" "$LOCKEXT_TEST_PGBOUNCER_DSN" -qAtc 'SELECT 1' >>"$LOG" 2>&1 ||
+    die "cannot connect through pgbouncer"
+say "server on port $PORT, pgbouncer on port $BPORT"
+
+# ---- 4. tests ------------------------------------------------------------------
+export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+
+# run_gtest LABEL BINARY: adds the binary's passed/failed counts; skipped = failed.
+run_gtest() {
+    local label=$1 bin=$2 out="$WORK/$1.log" start=$SECONDS rc p f s
+    timeout 300 "$bin" --gtest_color=no >"$out" 2>&1
+    rc=$?
+    p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$out" | tail -n 1)
+    f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$out" | tail -n 1)
+    s=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$out" | tail -n 1)
+    p=${p:-0} f=${f:-0} s=${s:-0}
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi # crash, sanitizer report, timeout
+    PASSED=$((PASSED + p))
+    FAILED=$((FAILED + f + s))
+    if [ "$rc" -eq 0 ] && [ "$f" -eq 0 ] && [ "$s" -eq 0 ]; then
+        say "PASS $label: $p passed ($((SECONDS - start)) s)"
+    else
+        say "FAIL $label: $p passed, $f failed, $s skipped, exit $rc ($((SECONDS - start)) s)"
+        grep -E '^\[  (FAILED|SKIPPED) \]|Failure|error:|ERROR: |WARNING: ThreadSanitizer|runtime error' \
+            "$out" | head -n 40
+        say "  full output: $out"
+    fi
+}
+
+for b in release asan tsan; do
+    run_gtest "conformance-$b" "$CLIENT/build-$b/lockext_conformance_test"
+done
+# pg_test stops and restarts the server: run it after all conformance runs.
+for b in release asan tsan; do
+    run_gtest "pg-$b" "$CLIENT/build-$b/lockext_pg_test"
+done
+
+# ---- 5. the installed library through pkg-config -------------------------------
+pkgconfig_test() {
+    local prefix="$WORK/prefix" app="$WORK/app"
+    cmake --install "$CLIENT/build-release" --prefix "$prefix" >>"$LOG" 2>&1 || return 1
+    readelf -d "$prefix/lib/liblockext-client.so" | grep -q 'SONAME.*liblockext-client.so.1' ||
+        { say "  no SONAME liblockext-client.so.1" >>"$LOG"; return 1; }
+    mkdir -p "$app" && cp "$CLIENT/test/pkgconfig_app/main.cpp" "$app/"
+    local flags
+    flags=$(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs lockext-client) ||
+        return 1
+    say "  pkg-config: $flags" >>"$LOG"
+    (cd "$app" && g++ -Wall -Wextra -Werror main.cpp $flags -o app) >>"$LOG" 2>&1 || return 1
+    LD_LIBRARY_PATH="$prefix/lib" "$app/app" "$LOCKEXT_TEST_DSN" >>"$LOG" 2>&1
+}
+if pkgconfig_test; then
+    PASSED=$((PASSED + 1))
+    say "PASS pkg-config build of an app against the installed library"
+else
+    FAILED=$((FAILED + 1))
+    say "FAIL pkg-config build of an app against the installed library"
+    tail -n 30 "$LOG"
+fi
+
+say "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
