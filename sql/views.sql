@@ -36,7 +36,7 @@ SELECT release('views:b', :'b_id') AS released;
 SELECT acquired, contended, renewed, renew_failed, released, release_noop, expired, table_full,
        leases, high_water FROM lockext_stats;
 
--- a long application_name is kept up to its first 22 bytes
+-- a long application_name is kept up to its first 15 bytes
 SET application_name = 'a-rather-long-application-name';
 SELECT key FROM try_lock('views:c', 1000);
 SELECT application_name, octet_length(application_name) AS bytes

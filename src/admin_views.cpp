@@ -44,12 +44,19 @@ extern "C"
 static Datum
 ClientAddrDatum(const LockextLease *lease, bool *isnull)
 {
+	static const uint8 v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	static const uint8 none[LOCKEXT_ADDR_BYTES] = {0};
 	char		text_addr[INET6_ADDRSTRLEN];
+	const char *ok;
 
 	*isnull = true;
-	if (lease->client_family != AF_INET && lease->client_family != AF_INET6)
-		return (Datum) 0;
-	if (inet_ntop(lease->client_family, lease->client_addr, text_addr, sizeof(text_addr)) == NULL)
+	if (memcmp(lease->client_addr, none, sizeof(none)) == 0)
+		return (Datum) 0;	/* local socket or background process */
+	if (memcmp(lease->client_addr, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0)
+		ok = inet_ntop(AF_INET, &lease->client_addr[12], text_addr, sizeof(text_addr));
+	else
+		ok = inet_ntop(AF_INET6, lease->client_addr, text_addr, sizeof(text_addr));
+	if (ok == NULL)
 		return (Datum) 0;
 	*isnull = false;
 	return DirectFunctionCall1(inet_in, CStringGetDatum(text_addr));

@@ -110,7 +110,6 @@ FillLease(LockextLease *lease, const LockextGrantRequest *request, int64 fence, 
 	lease->renewals = 0;
 	lease->holder = request->holder;
 	lease->pid = request->pid;
-	lease->client_family = request->client_family;
 	memcpy(lease->client_addr, request->client_addr, sizeof(lease->client_addr));
 	memcpy(lease->application_name, request->application_name, sizeof(lease->application_name));
 }

@@ -132,7 +132,6 @@ FillRequester(LockextGrantRequest *request)
 {
 	request->holder = GetUserId();
 	request->pid = MyProcPid;
-	request->client_family = 0;
 	memset(request->client_addr, 0, sizeof(request->client_addr));
 	memset(request->application_name, 0, sizeof(request->application_name));
 
@@ -149,14 +148,13 @@ FillRequester(LockextGrantRequest *request)
 
 		if (addr->sa_family == AF_INET)
 		{
-			request->client_family = AF_INET;
-			memcpy(request->client_addr, &((const struct sockaddr_in *) addr)->sin_addr, 4);
+			/* stored IPv4-mapped: ::ffff:a.b.c.d */
+			request->client_addr[10] = 0xff;
+			request->client_addr[11] = 0xff;
+			memcpy(&request->client_addr[12], &((const struct sockaddr_in *) addr)->sin_addr, 4);
 		}
 		else if (addr->sa_family == AF_INET6)
-		{
-			request->client_family = AF_INET6;
 			memcpy(request->client_addr, &((const struct sockaddr_in6 *) addr)->sin6_addr, 16);
-		}
 	}
 }
 

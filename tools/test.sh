@@ -72,21 +72,17 @@ pg_make() {
 		EXTRA_REGRESS_OPTS="--temp-instance=$copy/tmp_instance" "$@"
 }
 
-if has_suite regress; then
-	log=$scratch/regress.log
-	pg_make ISOLATION= TAP_TESTS= >"$log" 2>&1
+# pg_regress-style suites: name, diffs file, then make overrides
+run_pg_suite() {
+	local suite=$1 diffs=$2 log=$scratch/$1.log rc
+	shift 2
+	pg_make "$@" >"$log" 2>&1
 	rc=$?
-	[ "$rc" -ne 0 ] && { cat "$log"; head -300 "$copy/regression.diffs" 2>/dev/null; }
-	record regress "$(count '\.\.\. ok' "$log")" "$(count '\.\.\. FAILED' "$log")" "$rc"
-fi
-
-if has_suite isolation; then
-	log=$scratch/isolation.log
-	pg_make REGRESS= TAP_TESTS= >"$log" 2>&1
-	rc=$?
-	[ "$rc" -ne 0 ] && { cat "$log"; head -300 "$copy/output_iso/regression.diffs" 2>/dev/null; }
-	record isolation "$(count '\.\.\. ok' "$log")" "$(count '\.\.\. FAILED' "$log")" "$rc"
-fi
+	[ "$rc" -ne 0 ] && { cat "$log"; head -300 "$diffs" 2>/dev/null; }
+	record "$suite" "$(count '\.\.\. ok' "$log")" "$(count '\.\.\. FAILED' "$log")" "$rc"
+}
+has_suite regress && run_pg_suite regress "$copy/regression.diffs" ISOLATION= TAP_TESTS=
+has_suite isolation && run_pg_suite isolation "$copy/output_iso/regression.diffs" REGRESS= TAP_TESTS=
 
 if has_suite tap && ls "$copy"/test/t/*.pl >/dev/null 2>&1; then
 	log=$scratch/tap.log

@@ -31,7 +31,6 @@ typedef struct LockextGrantRequest
 	TimestampTz wall_now;
 	Oid			holder;
 	int32		pid;
-	uint8		client_family;
 	uint8		client_addr[LOCKEXT_ADDR_BYTES];
 	char		application_name[LOCKEXT_APPNAME_BYTES];
 } LockextGrantRequest;

@@ -36,7 +36,7 @@
 
 #define LOCKEXT_NUM_PARTITIONS 16	/* power of two */
 #define LOCKEXT_TRANCHE_NAME "lockext"
-#define LOCKEXT_APPNAME_BYTES 23	/* application_name kept per lease, with NUL */
+#define LOCKEXT_APPNAME_BYTES 16	/* application_name kept per lease, with NUL */
 #define LOCKEXT_ADDR_BYTES 16
 
 /* GUC variables (src/lockext.cpp) */
@@ -85,10 +85,13 @@ typedef struct LockextLease
 	uint32		renewals;
 	Oid			holder;			/* role that took the lease */
 	int32		pid;
-	uint8		client_family;	/* 0 (local), AF_INET or AF_INET6 */
-	uint8		client_addr[LOCKEXT_ADDR_BYTES];
+	uint8		client_addr[LOCKEXT_ADDR_BYTES];	/* IPv6, IPv4-mapped for IPv4;
+													 * all zero for local sockets */
 	char		application_name[LOCKEXT_APPNAME_BYTES];
 } LockextLease;
+
+/* 88 bytes: a slot costs max_key_length + about 128 bytes with the hash overhead */
+StaticAssertDecl(sizeof(LockextLease) == 88, "LockextLease grew");
 
 /* Counters of one partition; padded so partitions do not share cache lines. */
 typedef struct LockextPartitionStats
