@@ -310,6 +310,59 @@ TEST(PgBackend, UnresponsiveServerTimesOut)
     EXPECT_LT(took, 5s);
 }
 
+/* Runs one statement on a fresh libpq connection; returns "" or the error message. */
+std::string
+exec_raw(const std::string &dsn, const std::string &sql, const std::string &param)
+{
+    PGconn *conn = PQconnectdb(dsn.c_str());
+    const char *params[] = {param.c_str()};
+    PGresult *res = PQexecParams(conn, sql.c_str(), 1, nullptr, params, nullptr, nullptr, 0);
+    std::string error = PQresultStatus(res) == PGRES_TUPLES_OK ? "" : PQerrorMessage(conn);
+    PQclear(res);
+    PQfinish(conn);
+    return error;
+}
+
+/* The server holds the key's partition lock (test hook) longer than the client's
+ * statement_timeout: the call is an error that says the outcome is unknown, never
+ * contention; the plugin keeps working; the possibly granted lease expires by TTL. */
+TEST(PgBackend, StatementTimeoutIsAnErrorWithUnknownOutcome)
+{
+    auto dsn = env("LOCKEXT_TEST_DSN");
+    if (!dsn)
+        GTEST_SKIP() << "LOCKEXT_TEST_DSN is not set";
+    const std::string k = key();
+    std::string stall_error;
+    std::thread stall([&] {
+        stall_error = exec_raw(
+            *dsn, "SELECT lockext_test_stall(lockext_test_partition_of($1), 1500, false)", k);
+    });
+    std::this_thread::sleep_for(300ms); // let the stall take the partition lock
+    PgOptions options;
+    options.statement_timeout = 300ms;
+    PgLockingPlugin pg(*dsn, options);
+    const auto start = std::chrono::steady_clock::now();
+    auto r = pg.try_lock(k, 1000);
+    const auto took = std::chrono::steady_clock::now() - start;
+    stall.join();
+    ASSERT_EQ(stall_error, "") << "needs lockext.enable_test_hooks = on";
+    ASSERT_FALSE(r.has_value()) << "a timed-out try_lock must be an error";
+    EXPECT_TRUE(r.error().starts_with("try_lock failed: outcome unknown")) << r.error();
+    EXPECT_TRUE(contains(r.error(), "statement_timeout")) << r.error();
+    EXPECT_LT(took, 1000ms);
+
+    auto after = pg.try_lock(k, 1000); // the abandoned call may have granted it
+    ASSERT_TRUE(after.has_value()) << after.error();
+    if (!after->has_value())
+    {
+        std::this_thread::sleep_for(1100ms);
+        after = pg.try_lock(k, 1000);
+        ASSERT_TRUE(after.has_value()) << after.error();
+    }
+    ASSERT_TRUE(after->has_value()) << "the abandoned lease must expire after its TTL";
+    EXPECT_TRUE(pg.release(**after).has_value());
+}
+
 /* PgBouncer 1.18, transaction pooling: named prepared statements land on server
  * connections that did not prepare them. Every call either answers correctly or fails
  * with an error that names the cause; none reports contention on a fresh key. */
@@ -415,6 +468,7 @@ protected:
         {
             EXPECT_TRUE(contains(r.error(), "connection") || contains(r.error(), "terminat"))
                 << "the first failure after a restart should say why: " << r.error();
+            std::printf("first call after the restart failed (allowed): %s\n", r.error().c_str());
             r = pg.try_lock(key("after2"), 1000);
         }
         ASSERT_TRUE(r.has_value()) << r.error();

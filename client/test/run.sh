@@ -99,6 +99,7 @@ port = $PORT
 unix_socket_directories = '$WORK/pg'
 shared_preload_libraries = 'lockext'
 lockext.max_locks = 1000
+lockext.enable_test_hooks = on
 max_connections = 100
 fsync = off
 CONF

@@ -79,6 +79,12 @@ conformance_backends()
     };
 }
 
+void
+PrintTo(const Backend &backend, std::ostream *os)
+{
+    *os << backend.label;
+}
+
 int
 run_command(const std::string &command)
 {

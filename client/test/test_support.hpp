@@ -12,6 +12,7 @@
 #define LOCKEXT_TEST_SUPPORT_HPP
 
 #include <functional>
+#include <ostream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,6 +40,9 @@ struct Backend {
 };
 
 std::vector<Backend> conformance_backends();
+
+/* gtest prints a Backend parameter by its label. */
+void PrintTo(const Backend &backend, std::ostream *os);
 
 /* A pg plugin on LOCKEXT_TEST_DSN (or the given env var), or nullptr + why. */
 std::unique_ptr<PgLockingPlugin> make_pg(std::string &why, PgOptions options = {},
