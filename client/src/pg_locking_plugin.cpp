@@ -32,7 +32,6 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <limits>
 
 #include "pg_pool.hpp"
 #include "validate.hpp"
@@ -53,9 +52,6 @@ enum Statement : unsigned { kTryLock = 0, kRenew = 1, kRelease = 2, kStatementCo
 
 constexpr std::array<const char *, kStatementCount> kOpNames = {"try_lock", "renew", "release"};
 constexpr std::array<int, kStatementCount> kParamCount = {2, 3, 2};
-
-/* The largest ttl_ms the bigint parameter can carry; the server enforces its own max. */
-constexpr std::uint64_t kMaxBigint = std::numeric_limits<std::int64_t>::max();
 
 /* "schema". with embedded quotes doubled, or "" for an unqualified name. */
 std::string
@@ -335,7 +331,7 @@ PgLockingPlugin::try_lock(std::string_view key, std::uint64_t ttl_ms)
 {
     if (auto ok = detail::check_key("try_lock", key, 0); !ok)
         return std::unexpected(ok.error());
-    if (auto ok = detail::check_ttl("try_lock", ttl_ms, kMaxBigint); !ok)
+    if (auto ok = detail::check_ttl("try_lock", ttl_ms, std::nullopt); !ok)
         return std::unexpected(ok.error());
     const std::string key_text(key);
     const std::string ttl_text = std::to_string(ttl_ms);
@@ -361,7 +357,7 @@ PgLockingPlugin::renew(const LockHandle &handle)
 {
     if (auto ok = detail::check_handle("renew", handle, 0); !ok)
         return ok;
-    if (auto ok = detail::check_ttl("renew", handle.ttl_ms, kMaxBigint); !ok)
+    if (auto ok = detail::check_ttl("renew", handle.ttl_ms, std::nullopt); !ok)
         return ok;
     const std::string ttl_text = std::to_string(handle.ttl_ms);
     const char *params[] = {handle.key.c_str(), handle.lock_id.c_str(), ttl_text.c_str()};

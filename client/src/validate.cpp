@@ -4,6 +4,8 @@
  */
 #include "validate.hpp"
 
+#include <limits>
+
 namespace lockext::detail {
 
 std::string
@@ -39,11 +41,17 @@ check_key(std::string_view op, std::string_view key, std::size_t max_len)
 }
 
 Result<void>
-check_ttl(std::string_view op, std::uint64_t ttl, std::uint64_t max_ttl)
+check_ttl(std::string_view op, std::uint64_t ttl, std::optional<std::uint64_t> max_ttl)
 {
-    if (ttl < 1 || ttl > max_ttl)
+    constexpr std::uint64_t bigint_max = std::numeric_limits<std::int64_t>::max();
+    if (max_ttl && (ttl < 1 || ttl > *max_ttl))
         return std::unexpected(
-            failure(op, "ttl_ms must be between 1 and " + std::to_string(max_ttl)));
+            failure(op, "ttl_ms must be between 1 and " + std::to_string(*max_ttl)));
+    if (ttl < 1)
+        return std::unexpected(failure(op, "ttl_ms must be at least 1"));
+    if (ttl > bigint_max)
+        return std::unexpected(failure(
+            op, "ttl_ms must be at most " + std::to_string(bigint_max) + " (bigint)"));
     return {};
 }
 

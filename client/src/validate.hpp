@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -25,10 +26,10 @@ namespace lockext::detail {
 [[nodiscard]] Result<void> check_key(std::string_view op, std::string_view key,
                                      std::size_t max_len);
 
-/* ttl must be >= 1 and <= max_ttl (max_ttl is the server's bigint range when the limit
- * is only known to the server). */
+/* ttl must be >= 1 and <= max_ttl. Without max_ttl (the pg backend: the server owns
+ * the limit, lockext.max_ttl_ms) only 0 and values beyond bigint are rejected here. */
 [[nodiscard]] Result<void> check_ttl(std::string_view op, std::uint64_t ttl,
-                                     std::uint64_t max_ttl);
+                                     std::optional<std::uint64_t> max_ttl);
 
 /* check_key + a non-empty lock_id: what renew and release need of a handle. */
 [[nodiscard]] Result<void> check_handle(std::string_view op, const LockHandle &handle,

@@ -78,6 +78,7 @@ public:
         if (m_fd >= 0)
             close(m_fd);
     }
+    int port() const { return m_port; }
     std::string conninfo() const
     {
         return "host=127.0.0.1 port=" + std::to_string(m_port) + " dbname=postgres user=postgres";
@@ -201,19 +202,29 @@ TEST(PgBackend, CleanupClosesThePoolAndLaterCallsFail)
     EXPECT_TRUE(contains(r.error(), "cleanup")) << r.error();
 }
 
-/* Counts server backends whose application_name is name. */
+/* Runs one single-parameter statement on a fresh libpq connection: the first value of
+ * its first row ("" if it returns no row), or the error message. */
+lockext::Result<std::string>
+query_raw(const std::string &dsn, const std::string &sql, const std::string &param)
+{
+    PGconn *conn = PQconnectdb(dsn.c_str());
+    const char *params[] = {param.c_str()};
+    PGresult *res = PQexecParams(conn, sql.c_str(), 1, nullptr, params, nullptr, nullptr, 0);
+    lockext::Result<std::string> out = std::unexpected(std::string(PQerrorMessage(conn)));
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        out = PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "";
+    PQclear(res);
+    PQfinish(conn);
+    return out;
+}
+
+/* Counts server backends whose application_name is name (-1 on error). */
 int
 count_backends(const std::string &dsn, const std::string &name)
 {
-    PGconn *conn = PQconnectdb(dsn.c_str());
-    const char *params[] = {name.c_str()};
-    PGresult *res = PQexecParams(
-        conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", 1, nullptr,
-        params, nullptr, nullptr, 0);
-    int n = PQresultStatus(res) == PGRES_TUPLES_OK ? std::atoi(PQgetvalue(res, 0, 0)) : -1;
-    PQclear(res);
-    PQfinish(conn);
-    return n;
+    auto n = query_raw(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                       name);
+    return n ? std::atoi(n->c_str()) : -1;
 }
 
 /* 12 threads share 3 connections: never more are opened, waits for a free one are
@@ -295,6 +306,27 @@ TEST(PgBackend, UnreachableServerIsAnErrorNotContention)
     EXPECT_FALSE(pg.release(h).has_value()) << "a release that could not run is an error";
 }
 
+/* A multi-host conninfo whose first host is down: libpq moves on to the next one that
+ * accepts writes (target_session_attrs=read-write), as it would after a failover. */
+TEST(PgBackend, MultiHostConninfoUsesTheReachableWritableHost)
+{
+    auto dsn = env("LOCKEXT_TEST_DSN");
+    if (!dsn)
+        GTEST_SKIP() << "LOCKEXT_TEST_DSN is not set";
+    auto port = query_raw(*dsn, "SELECT setting FROM pg_settings WHERE name = $1", "port");
+    ASSERT_TRUE(port.has_value()) << port.error();
+    LocalPort down(false);
+    PgOptions options;
+    options.connect_timeout = 2s;
+    PgLockingPlugin pg(*dsn + " host=127.0.0.1,127.0.0.1 port=" + std::to_string(down.port()) +
+                           "," + *port + " target_session_attrs=read-write",
+                       options);
+    auto h = pg.try_lock(key(), 1000);
+    ASSERT_TRUE(h.has_value()) << h.error();
+    ASSERT_TRUE(h->has_value());
+    EXPECT_TRUE(pg.release(**h).has_value());
+}
+
 /* The port accepts TCP but never speaks the protocol: connect_timeout bounds the wait. */
 TEST(PgBackend, UnresponsiveServerTimesOut)
 {
@@ -310,19 +342,6 @@ TEST(PgBackend, UnresponsiveServerTimesOut)
     EXPECT_LT(took, 5s);
 }
 
-/* Runs one statement on a fresh libpq connection; returns "" or the error message. */
-std::string
-exec_raw(const std::string &dsn, const std::string &sql, const std::string &param)
-{
-    PGconn *conn = PQconnectdb(dsn.c_str());
-    const char *params[] = {param.c_str()};
-    PGresult *res = PQexecParams(conn, sql.c_str(), 1, nullptr, params, nullptr, nullptr, 0);
-    std::string error = PQresultStatus(res) == PGRES_TUPLES_OK ? "" : PQerrorMessage(conn);
-    PQclear(res);
-    PQfinish(conn);
-    return error;
-}
-
 /* The server holds the key's partition lock (test hook) longer than the client's
  * statement_timeout: the call is an error that says the outcome is unknown, never
  * contention; the plugin keeps working; the possibly granted lease expires by TTL. */
@@ -332,9 +351,9 @@ TEST(PgBackend, StatementTimeoutIsAnErrorWithUnknownOutcome)
     if (!dsn)
         GTEST_SKIP() << "LOCKEXT_TEST_DSN is not set";
     const std::string k = key();
-    std::string stall_error;
+    lockext::Result<std::string> stalled;
     std::thread stall([&] {
-        stall_error = exec_raw(
+        stalled = query_raw(
             *dsn, "SELECT lockext_test_stall(lockext_test_partition_of($1), 1500, false)", k);
     });
     std::this_thread::sleep_for(300ms); // let the stall take the partition lock
@@ -345,7 +364,8 @@ TEST(PgBackend, StatementTimeoutIsAnErrorWithUnknownOutcome)
     auto r = pg.try_lock(k, 1000);
     const auto took = std::chrono::steady_clock::now() - start;
     stall.join();
-    ASSERT_EQ(stall_error, "") << "needs lockext.enable_test_hooks = on";
+    ASSERT_TRUE(stalled.has_value()) << "needs lockext.enable_test_hooks = on: "
+                                     << stalled.error();
     ASSERT_FALSE(r.has_value()) << "a timed-out try_lock must be an error";
     EXPECT_TRUE(r.error().starts_with("try_lock failed: outcome unknown")) << r.error();
     EXPECT_TRUE(contains(r.error(), "statement_timeout")) << r.error();
