@@ -3,7 +3,8 @@ EXTENSION  = lockext
 EXTVERSION = 1.0
 MODULE_big = lockext
 OBJS       = src/lockext.o src/shmem.o src/lock_table.o src/sql_api.o src/admin_views.o \
-             src/test_hooks.o $(patsubst %.cpp,%.o,$(wildcard src/core/*.cpp))
+             src/test_hooks.o src/fence.o src/persist.o \
+             $(patsubst %.cpp,%.o,$(wildcard src/core/*.cpp))
 DATA       = $(EXTENSION)--$(EXTVERSION).sql
 PGFILEDESC = "lockext - lease-based locks in shared memory"
 

@@ -79,6 +79,15 @@ CREATE VIEW lockext_stats AS SELECT * FROM lockext_stats_internal();
 
 GRANT SELECT ON lockext_leases, lockext_stats TO PUBLIC;
 
+-- Whether grants are held back after a crash restart, a restart that did
+-- not restore every lease, or a promotion; why, and until when.
+CREATE FUNCTION lockext_grace(
+    OUT active boolean, OUT reason text, OUT grace_until timestamptz,
+    OUT remaining_ms bigint, OUT refused bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'lockext_grace'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
 -- Administration: not for PUBLIC.
 CREATE FUNCTION lockext_stats_reset()
 RETURNS void

@@ -23,6 +23,7 @@ extern "C"
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include "access/xlog.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -36,6 +37,7 @@ extern "C"
 #include "lockext/sql_args.h"
 }
 
+#include "lockext/core/lease_rules.hpp"
 #include "lockext/pg_boundary.hpp"
 
 #define LEASES_COLUMNS 13
@@ -188,4 +190,40 @@ LOCKEXT_SQL_FUNCTION(lockext_force_release)
 	LockextCheckWritable("lockext_force_release");
 	LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
 	PG_RETURN_BOOL(LockextEvict(&probe));
+}
+
+/*
+ * lockext_grace() RETURNS record (active, reason, grace_until, remaining_ms,
+ * refused): whether grants are held back after a crash, an unsaved restart
+ * or a promotion, why, and until when.
+ */
+LOCKEXT_SQL_FUNCTION(lockext_grace)
+{
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+	int64		until_ns, now_ns, left_ms;
+	int			reason;
+
+	LockextRequireLoaded();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (!RecoveryInProgress())
+		LockextCheckPromotionGrace();
+	until_ns = (int64) pg_atomic_read_u64(&lockext_state->grace_until_ns);
+	now_ns = LockextNowNanos();
+	SpinLockAcquire(&lockext_state->mutex);
+	reason = lockext_state->grace_reason;
+	SpinLockRelease(&lockext_state->mutex);
+	left_ms = lockext::core::RemainingMillis(until_ns, now_ns);
+
+	values[0] = BoolGetDatum(left_ms > 0);
+	values[1] = CStringGetTextDatum(LockextGraceReasonText(reason));
+	if (reason == LOCKEXT_GRACE_NONE)
+		nulls[2] = true;
+	else
+		values[2] = TimestampTzGetDatum(GetCurrentTimestamp() + left_ms * INT64CONST(1000));
+	values[3] = Int64GetDatum(left_ms);
+	values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&lockext_state->grace_refused));
+	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
 }

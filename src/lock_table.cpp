@@ -135,14 +135,16 @@ LockextGrant(const LockextProbeKey *probe, const LockextGrantRequest *request,
 		void	   *entry;
 		bool		found;
 		int64		now_ns;
-		uint64		fence;
+		int64		fence;
+		LockextFenceStatus fence_status;
 		core::GrantDecision decision;
 
 		LWLockAcquire(lock, LW_EXCLUSIVE);
 		now_ns = LockextNowNanos();
-		if (now_ns < lockext_state->grace_until_ns)
+		if ((uint64) now_ns < pg_atomic_read_u64(&lockext_state->grace_until_ns))
 		{
 			stats->contended++;
+			pg_atomic_fetch_add_u64(&lockext_state->grace_refused, 1);
 			LWLockRelease(lock);
 			return LOCKEXT_CONTENDED;
 		}
@@ -171,13 +173,15 @@ LockextGrant(const LockextProbeKey *probe, const LockextGrantRequest *request,
 			return LOCKEXT_TABLE_FULL;
 		}
 
-		fence = pg_atomic_add_fetch_u64(&lockext_state->next_fence, 1);
-		if (!core::FenceIsValid(fence))
+		fence_status = LockextNextFence(&fence);
+		if (fence_status != LOCKEXT_FENCE_OK)
 		{
+			result->saved_errno = errno;
 			if (decision == core::GrantDecision::InsertNew)
 				pg_atomic_fetch_sub_u32(&lockext_state->used_slots, 1);
 			LWLockRelease(lock);
-			return LOCKEXT_FENCE_EXHAUSTED;
+			return fence_status == LOCKEXT_FENCE_COUNTER_EXHAUSTED ? LOCKEXT_FENCE_EXHAUSTED
+														   : LOCKEXT_FENCE_WRITE_FAILED;
 		}
 
 		if (decision == core::GrantDecision::ReuseExpired)
@@ -198,14 +202,50 @@ LockextGrant(const LockextProbeKey *probe, const LockextGrantRequest *request,
 			Assert(!found);
 		}
 
-		FillLease(LockextEntryLease(entry), request, (int64) fence, now_ns);
+		FillLease(LockextEntryLease(entry), request, fence, now_ns);
 		NoteExpiry(LockextEntryLease(entry)->expires_ns);
 		stats->acquired++;
 		LWLockRelease(lock);
 
-		result->fence = (int64) fence;
+		result->fence = fence;
 		return LOCKEXT_GRANTED;
 	}
+}
+
+/*
+ * Puts a lease saved at the last clean shutdown back in the table (startup,
+ * postmaster).  False if it does not fit: no slot, or a key longer than
+ * lockext.max_key_length allows now.
+ */
+bool
+LockextRestoreLease(Oid dbid, const char *key, uint32 key_len, const LockextLease *lease)
+{
+	LockextProbeKey probe;
+	LWLock	   *lock;
+	void	   *entry;
+	bool		found;
+
+	if (key_len == 0 || key_len > (uint32) lockext_max_key_length)
+		return false;
+	LockextMakeProbe(&probe, dbid, key, key_len);
+	lock = LockextPartitionLock(probe.hash);
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	if (FindEntry(&probe) != NULL || !ReserveSlot())
+	{
+		LWLockRelease(lock);
+		return false;
+	}
+	entry = hash_search_with_hash_value(lockext_table, &probe, probe.hash, HASH_ENTER_NULL, &found);
+	if (entry == NULL)
+	{
+		pg_atomic_fetch_sub_u32(&lockext_state->used_slots, 1);
+		LWLockRelease(lock);
+		return false;
+	}
+	*LockextEntryLease(entry) = *lease;
+	NoteExpiry(lease->expires_ns);
+	LWLockRelease(lock);
+	return true;
 }
 
 /*

@@ -40,6 +40,7 @@ HTAB	   *lockext_table = NULL;
 static LWLockPadded *partition_locks = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static bool shmem_initialised_before = false;	/* postmaster: a later init is a crash restart */
 
 Size
 LockextKeySize(void)
@@ -120,14 +121,19 @@ LockextShmemRequest(void)
 		prev_shmem_request_hook();
 
 	RequestAddinShmemSpace(SharedMemorySize());
-	RequestNamedLWLockTranche(LOCKEXT_TRANCHE_NAME, LOCKEXT_NUM_PARTITIONS);
+	/* one lock per partition, then the fence reservation lock */
+	RequestNamedLWLockTranche(LOCKEXT_TRANCHE_NAME, LOCKEXT_NUM_PARTITIONS + 1);
 }
 
 static void
 InitSharedState(LockextSharedState *state)
 {
 	memset(state, 0, sizeof(*state));
-	pg_atomic_init_u64(&state->next_fence, 0);
+	pg_atomic_init_u64(&state->fence_counter, 0);
+	pg_atomic_init_u64(&state->fence_reserved, 0);
+	pg_atomic_init_u64(&state->grace_until_ns, 0);
+	pg_atomic_init_u32(&state->promotion_grace_pending, 0);
+	pg_atomic_init_u64(&state->grace_refused, 0);
 	pg_atomic_init_u32(&state->used_slots, 0);
 	pg_atomic_init_u32(&state->high_water, 0);
 	pg_atomic_init_u64(&state->table_full, 0);
@@ -137,7 +143,7 @@ InitSharedState(LockextSharedState *state)
 	pg_atomic_init_u64(&state->clock_offset_ns, 0);
 	if (!pg_strong_random(&state->hash_seed, sizeof(state->hash_seed)))
 		ereport(FATAL, (errmsg("lockext could not generate a random hash seed")));
-	state->grace_until_ns = 0;
+	state->grace_reason = LOCKEXT_GRACE_NONE;
 	SpinLockInit(&state->mutex);
 	state->stats_reset = GetCurrentTimestamp();
 }
@@ -172,6 +178,16 @@ LockextShmemStartup(void)
 
 	partition_locks = GetNamedLWLockTranche(LOCKEXT_TRANCHE_NAME);
 
+	/*
+	 * The postmaster (or a single-user backend) owns persistence: it runs
+	 * this hook at start and again after every crash reinitialisation.
+	 */
+	if (!found && !IsUnderPostmaster)
+	{
+		LockextStartupPersistence(shmem_initialised_before);
+		shmem_initialised_before = true;
+	}
+
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -199,6 +215,12 @@ int
 LockextPartitionOf(uint32 hash)
 {
 	return (int) (hash % LOCKEXT_NUM_PARTITIONS);
+}
+
+LWLock *
+LockextFenceLock(void)
+{
+	return &partition_locks[LOCKEXT_FENCE_LOCK_INDEX].lock;
 }
 
 LWLock *

@@ -190,6 +190,7 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 	LockextGrantResult result;
 
 	LockextCheckWritable("try_lock");
+	LockextCheckPromotionGrace();
 	LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
 	request.ttl_ms = LockextCheckTtl(PG_GETARG_DATUM(1), PG_ARGISNULL(1));
 
@@ -217,7 +218,14 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 		case LOCKEXT_FENCE_EXHAUSTED:
 			ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 							errmsg("fence counter exhausted"),
-							errdetail("Every fence up to 9223372036854775807 has been granted.")));
+							errdetail("Every fence of timeline %u has been granted.",
+									  GetWALInsertionTimeLine()),
+							errhint("Fences continue above after a promotion to a new timeline.")));
+			break;
+		case LOCKEXT_FENCE_WRITE_FAILED:
+			errno = result.saved_errno;
+			ereport(ERROR, (errcode_for_file_access(),
+							errmsg("could not reserve fences in \"%s/fence\": %m", LOCKEXT_DIR)));
 			break;
 	}
 	return MakeHandle(fcinfo, PointerGetDatum(DatumGetTextPP(PG_GETARG_DATUM(0))), &request,

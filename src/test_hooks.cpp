@@ -18,6 +18,7 @@ extern "C"
 {
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -26,6 +27,7 @@ extern "C"
 #include "lockext/sql_args.h"
 }
 
+#include "lockext/core/lease_rules.hpp"
 #include "lockext/pg_boundary.hpp"
 
 static void
@@ -92,21 +94,15 @@ LOCKEXT_SQL_FUNCTION(lockext_test_clock_release)
 	PG_RETURN_VOID();
 }
 
-/* lockext_test_set_fence_floor(n bigint): the next fence is at least n + 1 */
+/* lockext_test_set_fence_floor(n bigint): the next fence is above n (only raises) */
 LOCKEXT_SQL_FUNCTION(lockext_test_set_fence_floor)
 {
-	uint64		floor;
-	uint64		current;
-
 	RequireTestHooks("lockext_test_set_fence_floor");
 	if (PG_ARGISNULL(0) || PG_GETARG_INT64(0) < 0)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("fence floor must be a non-negative bigint")));
-	floor = (uint64) PG_GETARG_INT64(0);
-	current = pg_atomic_read_u64(&lockext_state->next_fence);
-	while (current < floor &&
-		   !pg_atomic_compare_exchange_u64(&lockext_state->next_fence, &current, floor))
-		;
+	LockextRaiseCounterTo(
+		lockext::core::CounterFloorFor(GetWALInsertionTimeLine(), PG_GETARG_INT64(0)));
 	PG_RETURN_VOID();
 }
 

@@ -21,6 +21,7 @@ typedef enum LockextGrantStatus
 	LOCKEXT_CONTENDED,
 	LOCKEXT_TABLE_FULL,
 	LOCKEXT_FENCE_EXHAUSTED,
+	LOCKEXT_FENCE_WRITE_FAILED,	/* result->saved_errno says why */
 } LockextGrantStatus;
 
 /* What the grant records about the caller, filled by the SQL edge. */
@@ -39,6 +40,7 @@ typedef struct LockextGrantResult
 {
 	int64		fence;
 	uint32		live_leases;	/* with LOCKEXT_TABLE_FULL: live leases seen */
+	int			saved_errno;	/* with LOCKEXT_FENCE_WRITE_FAILED */
 } LockextGrantResult;
 
 /* One lease as the views see it: a copy taken under the partition lock. */
@@ -73,6 +75,8 @@ extern bool LockextRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id,
 extern bool LockextRelease(const LockextProbeKey *probe, const pg_uuid_t *lock_id);
 extern bool LockextEvict(const LockextProbeKey *probe);
 extern uint32 LockextSweepExpired(void);
+extern bool LockextRestoreLease(Oid dbid, const char *key, uint32 key_len,
+								const LockextLease *lease);
 extern LockextLeaseCopy *LockextCopyLiveLeases(int *count);
 extern void LockextCollectCounts(LockextTableCounts *counts);
 extern void LockextResetCounts(void);

@@ -16,9 +16,13 @@
  *	  stats reset) take all partition locks in ascending order and release
  *	  them in reverse, as PostgreSQL's lock manager does.
  *	- LockextPartitionStats[i] is protected by partition lock i.
- *	- used_slots, next_fence, earliest_expiry_ns, high_water, table_full and
- *	  the test clock are pg_atomic variables, read and written without locks.
- *	- stats_reset is protected by the spinlock "mutex".
+ *	- used_slots, fence_counter, fence_reserved, earliest_expiry_ns,
+ *	  high_water, table_full, the grace fields and the test clock are
+ *	  pg_atomic variables, read and written without locks.
+ *	- Extending fence_reserved (a durable write of pg_lockext/fence) happens
+ *	  under the fence lock, GetNamedLWLockTranche("lockext")[16], which may be
+ *	  taken while holding one partition lock, never the other way round.
+ *	- stats_reset and grace_reason are protected by the spinlock "mutex".
  *	- No code path holds a partition lock while it can ereport(ERROR), except
  *	  the test stall hook, which does so on purpose.
  *
@@ -108,7 +112,8 @@ typedef struct LockextPartitionStats
 
 typedef struct LockextSharedState
 {
-	pg_atomic_uint64 next_fence;	/* last fence handed out */
+	pg_atomic_uint64 fence_counter;	/* last fence counter handed out */
+	pg_atomic_uint64 fence_reserved;	/* counters up to this are durably reserved */
 	pg_atomic_uint32 used_slots;	/* entries in the table, live or not yet reclaimed */
 	pg_atomic_uint32 high_water;	/* most entries ever in use at once */
 	pg_atomic_uint64 table_full;	/* grants refused for lack of a slot */
@@ -119,11 +124,27 @@ typedef struct LockextSharedState
 										 * that releasing a frozen clock never
 										 * moves time backwards */
 	uint64		hash_seed;		/* random per shared-memory lifetime */
-	int64		grace_until_ns; /* grants report contention before this */
+	pg_atomic_uint64 grace_until_ns;	/* grants report contention before this */
+	pg_atomic_uint32 promotion_grace_pending;	/* started in recovery: grace at promotion */
+	pg_atomic_uint64 grace_refused; /* grants refused during grace periods */
 	slock_t		mutex;
 	TimestampTz stats_reset;
+	int			grace_reason;	/* LockextGraceReason of the last grace period */
 	LockextPartitionStats partition_stats[LOCKEXT_NUM_PARTITIONS];
 } LockextSharedState;
+
+typedef enum LockextGraceReason
+{
+	LOCKEXT_GRACE_NONE = 0,
+	LOCKEXT_GRACE_CRASH_RESTART,		/* shared memory reinitialised after a crash */
+	LOCKEXT_GRACE_UNCLEAN_SHUTDOWN,	/* previous run did not shut down cleanly */
+	LOCKEXT_GRACE_NOT_SAVED,			/* clean shutdown with lockext.save = off */
+	LOCKEXT_GRACE_NOT_RESTORED,		/* saved leases not (all) restored */
+	LOCKEXT_GRACE_PROMOTION,			/* the server left recovery */
+} LockextGraceReason;
+
+#define LOCKEXT_FENCE_LOCK_INDEX LOCKEXT_NUM_PARTITIONS
+#define LOCKEXT_DIR "pg_lockext"
 
 /* shmem.cpp: shared state, clock, hashing */
 extern LockextSharedState *lockext_state;
@@ -137,6 +158,24 @@ extern Size LockextKeySize(void);
 extern Size LockextEntrySize(void);
 extern LWLock *LockextPartitionLock(uint32 hash);
 extern int	LockextPartitionOf(uint32 hash);
+extern LWLock *LockextFenceLock(void);
+
+/* fence.cpp: fencing tokens with a durable, block-reserved counter */
+typedef enum LockextFenceStatus
+{
+	LOCKEXT_FENCE_OK,
+	LOCKEXT_FENCE_COUNTER_EXHAUSTED,
+	LOCKEXT_FENCE_IO_ERROR,		/* errno says why */
+} LockextFenceStatus;
+extern LockextFenceStatus LockextNextFence(int64 *fence);
+extern void LockextLoadFenceCounter(void);
+extern void LockextRaiseCounterTo(uint64 counter);
+
+/* persist.cpp: marker, save at clean shutdown, restore at start, grace */
+extern void LockextStartupPersistence(bool reinitialising);
+extern void LockextCheckPromotionGrace(void);
+extern int64 LockextGraceMillis(void);
+extern const char *LockextGraceReasonText(int reason);
 
 static inline LockextLease *
 LockextEntryLease(void *entry)

@@ -96,13 +96,46 @@ TEST(Cas, LockIdsDifferingInTheLastByteAreDistinct)
 	EXPECT_EQ(DecideCas(true, a, b, 200, 100), CasDecision::NotHolder);
 }
 
-TEST(Fence, ValidRangeIsOneToInt64Max)
+TEST(Fence, ComposesTimelineAboveCounter)
 {
-	EXPECT_FALSE(FenceIsValid(0));
-	EXPECT_TRUE(FenceIsValid(1));
-	EXPECT_TRUE(FenceIsValid(static_cast<std::uint64_t>(INT64_MAX)));
-	EXPECT_FALSE(FenceIsValid(static_cast<std::uint64_t>(INT64_MAX) + 1));
-	EXPECT_FALSE(FenceIsValid(UINT64_MAX));
+	std::int64_t f = 0;
+	ASSERT_TRUE(ComposeFence(1, 1, &f));
+	EXPECT_EQ(f, (std::int64_t{1} << 44) + 1);
+	std::int64_t g = 0;
+	ASSERT_TRUE(ComposeFence(2, 1, &g));
+	std::int64_t last_of_1 = 0;
+	ASSERT_TRUE(ComposeFence(1, kFenceCounterLimit - 1, &last_of_1));
+	EXPECT_GT(g, last_of_1); /* any fence of a later timeline is above every earlier one */
+}
+
+TEST(Fence, NeverSpillsOrPassesInt64Max)
+{
+	std::int64_t f = 0;
+	EXPECT_FALSE(ComposeFence(1, 0, &f));
+	EXPECT_FALSE(ComposeFence(1, kFenceCounterLimit, &f));
+	EXPECT_FALSE(ComposeFence(kFenceTimelineLimit, 1, &f));
+	ASSERT_TRUE(ComposeFence(kFenceTimelineLimit - 1, kFenceCounterLimit - 1, &f));
+	EXPECT_EQ(f, INT64_MAX);
+}
+
+TEST(Fence, CounterFloorAndReservations)
+{
+	EXPECT_EQ(CounterFloorFor(1, 5), 0u);
+	EXPECT_EQ(CounterFloorFor(1, (std::int64_t{1} << 44) + 10), 10u);
+	EXPECT_EQ(CounterFloorFor(1, -1), 0u);
+	EXPECT_EQ(NextReservation(0, 1), kFenceBlock + 1);
+	EXPECT_EQ(NextReservation(kFenceBlock, 3), 2 * kFenceBlock);
+}
+
+TEST(Restore, DowntimeIsSubtractedNeverAdded)
+{
+	/* 1 s left at shutdown (times in ns), downtime measured in us */
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, 100, 100), 1'000'000'000);
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, 0, 400'000), 600'000'000);
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, 0, 1'000'000), 0);	/* exactly used up */
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, 0, 5'000'000), 0);
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, 500, 0), 1'000'000'000); /* clock went back */
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, INT64_MIN / 2, INT64_MAX / 2), 0);
 }
 
 TEST(Uuid, StampsVersionFourAndRfcVariant)
@@ -181,10 +214,10 @@ TEST(Differential, RulesAgreeWithNaiveModel)
 			ASSERT_EQ(granted, !model_live) << "step " << step;
 			if (granted)
 			{
-				const std::uint64_t fence = ++fence_counter;
-				ASSERT_TRUE(FenceIsValid(fence));
-				ASSERT_GT(static_cast<std::int64_t>(fence), last_fence);
-				last_fence = static_cast<std::int64_t>(fence);
+				std::int64_t fence = 0;
+				ASSERT_TRUE(ComposeFence(1, ++fence_counter, &fence));
+				ASSERT_GT(fence, last_fence);
+				last_fence = fence;
 				table[key] = {next_id, ExpiryNanos(now_ns, ttl), last_fence};
 				model[key] = {next_id, now_ms + ttl};
 				next_id++;

@@ -126,14 +126,64 @@ DecideCas(bool found, const unsigned char *held_id, const unsigned char *given_i
 }
 
 /*
- * Fences are handed out from a 64-bit counter that holds the last fence
- * granted.  A fence is valid when it fits a signed bigint; the counter never
- * wraps (it would take centuries at any real grant rate to pass 2^64).
+ * A fence is the WAL timeline in the high bits and a per-cluster counter in
+ * the low kFenceCounterBits bits: fence = timeline << 44 | counter.  The
+ * counter is reserved durably in blocks, so it never goes back within a
+ * timeline (clean or crash restart); a promotion moves to a higher
+ * timeline, so every fence of the new primary is above every fence of the
+ * old one.  Composition fails (the caller raises an error) rather than
+ * letting a counter spill into the timeline bits or a fence pass INT64_MAX.
  */
+constexpr int kFenceCounterBits = 44;
+constexpr std::uint64_t kFenceCounterLimit = std::uint64_t{1} << kFenceCounterBits;
+constexpr std::uint32_t kFenceTimelineLimit = std::uint32_t{1} << (63 - kFenceCounterBits);
+
 constexpr bool
-FenceIsValid(std::uint64_t fence) noexcept
+ComposeFence(std::uint32_t timeline, std::uint64_t counter, std::int64_t *fence) noexcept
 {
-	return fence >= 1 && fence <= static_cast<std::uint64_t>(INT64_MAX);
+	if (counter == 0 || counter >= kFenceCounterLimit || timeline >= kFenceTimelineLimit)
+		return false;
+	*fence = static_cast<std::int64_t>((std::uint64_t{timeline} << kFenceCounterBits) | counter);
+	return true;
+}
+
+/* The counter value that makes the next composed fence exceed floor. */
+constexpr std::uint64_t
+CounterFloorFor(std::uint32_t timeline, std::int64_t floor) noexcept
+{
+	const std::uint64_t base = std::uint64_t{timeline} << kFenceCounterBits;
+	if (floor < 0 || static_cast<std::uint64_t>(floor) < base)
+		return 0;
+	return static_cast<std::uint64_t>(floor) - base;
+}
+
+/* Fence counter blocks reserved durably at a time: one fsync per block. */
+constexpr std::uint64_t kFenceBlock = 65536;
+
+/* Where the next durable reservation must reach to cover counter. */
+constexpr std::uint64_t
+NextReservation(std::uint64_t reserved, std::uint64_t counter) noexcept
+{
+	const std::uint64_t from = reserved > counter ? reserved : counter;
+	return from + kFenceBlock;
+}
+
+/*
+ * Remaining time of a lease restored after a restart: what was left at
+ * shutdown minus the downtime measured on the wall clock.  A clock that went
+ * backwards counts as no downtime; nothing is ever lengthened.
+ */
+constexpr std::int64_t
+RestoredRemainingNanos(std::int64_t remaining_at_save_ns, std::int64_t saved_at_us,
+					   std::int64_t now_us) noexcept
+{
+	std::int64_t down_us = now_us - saved_at_us;
+	if (down_us < 0)
+		down_us = 0;
+	if (down_us > INT64_MAX / 1000)
+		return 0;
+	const std::int64_t left = remaining_at_save_ns - down_us * 1000;
+	return left > 0 ? left : 0;
 }
 
 /* Turns 16 random bytes into an RFC 4122 version 4 UUID in place. */
