@@ -147,10 +147,11 @@ export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 
-# run_gtest LABEL BINARY: adds the binary's passed/failed counts; skipped = failed.
+# run_gtest LABEL COMMAND...: adds the binary's passed/failed counts; skipped = failed.
 run_gtest() {
-    local label=$1 bin=$2 out="$WORK/$1.log" start=$SECONDS rc p f s
-    timeout 300 "$bin" --gtest_color=no >"$out" 2>&1
+    local label=$1 out="$WORK/$1.log" start=$SECONDS rc p f s
+    shift
+    timeout 300 "$@" --gtest_color=no >"$out" 2>&1
     rc=$?
     p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$out" | tail -n 1)
     f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$out" | tail -n 1)
@@ -169,12 +170,19 @@ run_gtest() {
     fi
 }
 
+# TSan's shadow memory needs a predictable address space on kernels with high mmap
+# randomisation ("unexpected memory mapping"): run those binaries without ASLR.
+launcher() {
+    if [ "$1" = tsan ] && command -v setarch >/dev/null; then
+        echo "setarch $(uname -m) -R"
+    fi
+}
 for b in release asan tsan; do
-    run_gtest "conformance-$b" "$CLIENT/build-$b/lockext_conformance_test"
+    run_gtest "conformance-$b" $(launcher $b) "$CLIENT/build-$b/lockext_conformance_test"
 done
 # pg_test stops and restarts the server: run it after all conformance runs.
 for b in release asan tsan; do
-    run_gtest "pg-$b" "$CLIENT/build-$b/lockext_pg_test"
+    run_gtest "pg-$b" $(launcher $b) "$CLIENT/build-$b/lockext_pg_test"
 done
 
 # ---- 5. the installed library through pkg-config -------------------------------
