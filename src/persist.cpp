@@ -393,11 +393,16 @@ LockextStartupPersistence(bool reinitialising)
 		reason = LOCKEXT_GRACE_UNCLEAN_SHUTDOWN;
 
 	WriteMarker();
-	if (reason != LOCKEXT_GRACE_NONE && LockextGraceMillis() > 0)
-		StartGrace(reason);
 
+	/*
+	 * A server starting in recovery grants nothing until it is promoted, and
+	 * promotion starts a grace period of its own (the marker a base backup
+	 * copied from its primary says nothing about this server).
+	 */
 	if (access(STANDBY_SIGNAL_FILE, F_OK) == 0 || access(RECOVERY_SIGNAL_FILE, F_OK) == 0)
 		pg_atomic_write_u32(&lockext_state->promotion_grace_pending, 1);
+	else if (reason != LOCKEXT_GRACE_NONE && LockextGraceMillis() > 0)
+		StartGrace(reason);
 
 	/* the list of exit callbacks is emptied by each crash reinitialisation */
 	on_shmem_exit(ShutdownPersistence, (Datum) 0);
