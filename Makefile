@@ -32,5 +32,24 @@ SHLIB_LINK  = -lstdc++
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# The C++ client library (client/, CMake) is built and installed with the
+# extension: headers under <prefix>/include/lockext/, liblockext-client.so
+# and lockext-client.pc (prefix /usr/local unless CLIENT_PREFIX is set).
+CLIENT_BUILD  ?= build/client
+CLIENT_PREFIX ?= /usr/local
+all: client
+install: install-client
+client:
+	cmake -S $(srcdir)/client -B $(CLIENT_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DCMAKE_INSTALL_PREFIX=$(CLIENT_PREFIX) >/dev/null
+	cmake --build $(CLIENT_BUILD) -j2
+install-client: client
+	cmake --install $(CLIENT_BUILD)
+	-ldconfig 2>/dev/null
+clean: clean-client
+clean-client:
+	rm -rf $(CLIENT_BUILD)
+.PHONY: client install-client clean-client
+
 # PGXS does not track header dependencies; every object depends on every header.
 $(OBJS): $(wildcard $(srcdir)/include/lockext/*.h $(srcdir)/include/lockext/*.hpp $(srcdir)/include/lockext/core/*.hpp)
