@@ -39,6 +39,7 @@ BEGIN
     EXIT WHEN EXISTS (SELECT 1 FROM outcome)
       OR (SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT try_all(%') >= nclients;
     PERFORM pg_sleep(0.01);
+    PERFORM pg_stat_clear_snapshot();    -- else pg_stat_activity stays frozen for the transaction
   END LOOP;
   FOR i IN 0 .. nkeys - 1 LOOP
     -- a short pause between tries so that the clients really interleave
