@@ -1,9 +1,9 @@
 /*
  * nightly_report.cpp
  *     Example: run a scheduled job once across many hosts. Every host runs this program
- *     at the same time; only the one that gets the lease runs the job, renewing the
- *     lease at a third of its TTL while the job runs, and stopping the job if the lease
- *     is lost. The fence goes with every write the job makes, so a storage layer can
+ *     at the same time; only the one that gets the lease runs the job, a LeaseKeeper
+ *     renews the lease at a third of its TTL while the job runs, and the job stops the
+ *     moment the lease is lost. The fence goes with every write the job makes, so a storage layer can
  *     reject writes from a holder whose lease has already passed to someone else.
  *
  *     nightly_report "<conninfo>" [key] [job_ms]
@@ -11,14 +11,12 @@
  * Exit status: 0 = job done or skipped (another host holds the lease), 2 = backend
  * error, 3 = the lease was lost while the job ran.
  */
+#include <lockext/lease_keeper.hpp>
 #include <lockext/pg_locking_plugin.hpp>
 
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
 #include <string>
 #include <thread>
 
@@ -37,6 +35,7 @@ main(int argc, char **argv)
     const std::uint64_t ttl_ms = 900;
 
     lockext::PgLockingPlugin locks(argv[1]);
+    const auto before = std::chrono::steady_clock::now(); // the lease starts no earlier
     auto acquired = locks.try_lock(key, ttl_ms);
     if (!acquired)
     {
@@ -48,42 +47,27 @@ main(int argc, char **argv)
         std::printf("skipped: another instance holds '%s'\n", key.c_str());
         return 0;
     }
-    const lockext::LockHandle lease = **acquired;
 
-    // Keeper: renew at ttl/3 until told to stop; flag the loss at once.
-    std::atomic<bool> lost{false};
-    std::mutex mutex;
-    std::condition_variable cv;
-    bool done = false;
-    std::thread keeper([&] {
-        std::unique_lock lock(mutex);
-        while (!cv.wait_for(lock, std::chrono::milliseconds(ttl_ms / 3), [&] { return done; }))
-        {
-            if (auto renewed = locks.renew(lease); !renewed)
-            {
-                std::fprintf(stderr, "lease lost: %s\n", renewed.error().c_str());
-                lost = true;
-                return;
-            }
-        }
-    });
+    // The keeper renews at ttl/3 in the background; lost() turns true the moment the
+    // lease can no longer be trusted (renew refused, or no successful renew in time).
+    lockext::LeaseKeeper lease(
+        locks, **acquired,
+        [](const std::string &why) { std::fprintf(stderr, "lease lost: %s\n", why.c_str()); },
+        {}, before);
 
-    // The job: check the lease between units of work; pass the fence to each write.
+    // The job: check the lease between units of work; pass the fence to each write so
+    // storage can reject a holder whose lease has passed to someone else.
     const auto end = std::chrono::steady_clock::now() + job;
-    while (std::chrono::steady_clock::now() < end && !lost)
-        std::this_thread::sleep_for(20ms); // write_report_chunk(lease.fence)
-
+    while (std::chrono::steady_clock::now() < end)
     {
-        std::lock_guard lock(mutex);
-        done = true;
+        if (lease.lost())
+            return 3; // stop at once: someone else may hold the lock now
+        std::this_thread::sleep_for(20ms); // write_report_chunk(lease.handle().fence)
     }
-    cv.notify_one();
-    keeper.join();
-    if (lost)
-        return 3;
-    if (auto released = locks.release(lease); !released)
+
+    if (auto released = lease.release(); !released)
         std::fprintf(stderr, "warning: %s (the lease expires on its own)\n",
                      released.error().c_str());
-    std::printf("report done under fence %lld\n", static_cast<long long>(lease.fence));
+    std::printf("report done under fence %lld\n", static_cast<long long>(lease.handle().fence));
     return 0;
 }

@@ -17,13 +17,21 @@ failure(std::string_view op, std::string_view what)
     return out;
 }
 
+constexpr std::string_view kLockLost = "renew failed: lock lost: '";
+
 std::string
 lock_lost(std::string_view key)
 {
-    std::string out = "renew failed: lock lost: '";
+    std::string out(kLockLost);
     out += key;
     out += "' is no longer held by this lock_id (expired, released or taken over)";
     return out;
+}
+
+bool
+is_lock_lost(std::string_view error)
+{
+    return error.starts_with(kLockLost);
 }
 
 Result<void>

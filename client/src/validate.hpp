@@ -22,6 +22,9 @@ namespace lockext::detail {
 /* The error renew() returns when the lease is no longer held under handle.lock_id. */
 [[nodiscard]] std::string lock_lost(std::string_view key);
 
+/* True for an error made by lock_lost(). */
+[[nodiscard]] bool is_lock_lost(std::string_view error);
+
 /* Key must be non-empty and, when max_len > 0, at most max_len bytes. */
 [[nodiscard]] Result<void> check_key(std::string_view op, std::string_view key,
                                      std::size_t max_len);

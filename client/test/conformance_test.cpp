@@ -10,11 +10,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <chrono>
 #include <map>
 #include <mutex>
 #include <thread>
 
+#include <lockext/lease_keeper.hpp>
 #include <lockext/memory_locking_plugin.hpp>
 
 #include "test_support.hpp"
@@ -339,6 +341,54 @@ TEST_P(Conformance, SixteenThreadsNeverOverlap)
     EXPECT_GT(contentions.load(), 0);
     RecordProperty("grants", grants.load());
     RecordProperty("contentions", contentions.load());
+}
+
+/* The lease keeper keeps a 300 ms lease for three TTLs and releases it at the end. */
+TEST_P(Conformance, KeeperHoldsTheLeaseWellPastItsTtl)
+{
+    const std::string k = key();
+    const auto before = std::chrono::steady_clock::now();
+    LockHandle h = grant(k, 300);
+    std::atomic<int> calls{0};
+    lockext::LeaseKeeper keeper(*m_plugin, h, [&](const std::string &) { ++calls; }, {}, before);
+    std::this_thread::sleep_for(900ms);
+    EXPECT_FALSE(keeper.lost()) << keeper.lost_reason().value_or("");
+    EXPECT_TRUE(contended(k)) << "the keeper must have renewed the lease";
+    EXPECT_GT(keeper.valid_until(), std::chrono::steady_clock::now());
+    EXPECT_TRUE(keeper.release().has_value());
+    EXPECT_FALSE(contended(k)) << "release() must free the key";
+    EXPECT_EQ(calls.load(), 0);
+}
+
+/* Someone releases the lease behind the keeper's back and another holder takes the
+ * key: the keeper reports "lock lost" once and never touches the new holder. */
+TEST_P(Conformance, KeeperReportsATakenOverLeaseOnce)
+{
+    const std::string k = key();
+    LockHandle h = grant(k, 300);
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::vector<std::string> reasons;
+    lockext::LeaseKeeper keeper(*m_plugin, h, [&](const std::string &why) {
+        std::lock_guard g(mutex);
+        reasons.push_back(why);
+        cv.notify_all();
+    });
+    ASSERT_TRUE(m_plugin->release(h).has_value());
+    LockHandle next = grant(k, 30000);
+    {
+        std::unique_lock lock(mutex);
+        ASSERT_TRUE(cv.wait_for(lock, 2s, [&] { return !reasons.empty(); }));
+    }
+    std::this_thread::sleep_for(250ms); // no second report
+    std::lock_guard g(mutex);
+    ASSERT_EQ(reasons.size(), 1u);
+    EXPECT_NE(reasons[0].find("lock lost"), std::string::npos) << reasons[0];
+    EXPECT_TRUE(keeper.lost());
+    EXPECT_EQ(keeper.lost_reason().value_or(""), reasons[0]);
+    EXPECT_TRUE(keeper.release().has_value()) << "releasing a lost lease is a no-op";
+    EXPECT_TRUE(contended(k)) << "the keeper touched the new holder";
+    EXPECT_TRUE(m_plugin->release(next).has_value());
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Conformance,

@@ -5,6 +5,7 @@
  *
  *     app "<conninfo>"
  */
+#include <lockext/lease_keeper.hpp>
 #include <lockext/memory_locking_plugin.hpp>
 #include <lockext/pg_locking_plugin.hpp>
 
@@ -24,7 +25,8 @@ exercise(lockext::LockingPlugin &plugin, const std::string &key)
         return false;
     }
     auto renewed = plugin.renew(**h);
-    auto released = plugin.release(**h);
+    lockext::LeaseKeeper keeper(plugin, **h);
+    auto released = keeper.release();
     auto cleaned = plugin.cleanup();
     if (!renewed || !released || !cleaned)
     {

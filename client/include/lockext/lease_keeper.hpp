@@ -1,0 +1,80 @@
+/*
+ * lockext/lease_keeper.hpp
+ *     LeaseKeeper: keeps a held lease alive from a background thread and tells the
+ *     caller the moment it must be considered lost (spec §5).
+ *
+ * It renews at about ttl/3 (PgOptions-independent; works with any LockingPlugin).
+ * The lease is known to be valid until valid_until() = the send time of the last
+ * successful renew (at first: the acquired_at passed in) + ttl_ms: the server granted
+ * or renewed it no earlier than that, so its lease lasts at least that long.
+ *
+ * The lease is lost, for good, when
+ *   - a renew says the lock is no longer held ("lock lost"), or
+ *   - valid_until() passes without a successful renew (backend failures are retried
+ *     every ~ttl/10 until then; a renew that succeeds only after valid_until() passed
+ *     does not revive it, because the caller may already have stopped).
+ * lost() is exact: it turns true at valid_until() even while a renew call is still
+ * blocked. The on_lost callback runs once, on the keeper's thread, at most one renew
+ * call late (PgOptions::statement_timeout bounds a pg renew).
+ *
+ * Thread safety: all methods may be called from any thread. Do not destroy the keeper
+ * from inside on_lost. Destroying or stop()ping the keeper does not release the lease.
+ */
+#ifndef LOCKEXT_LEASE_KEEPER_HPP
+#define LOCKEXT_LEASE_KEEPER_HPP
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <lockext/locking_plugin.hpp>
+
+namespace lockext {
+
+struct LeaseKeeperOptions {
+    /* Time between renewals; 0 = ttl_ms / 3. */
+    std::chrono::milliseconds interval{0};
+    /* Time between retries after a failed renew; 0 = ttl_ms / 10 (at least 10 ms). */
+    std::chrono::milliseconds retry_interval{0};
+};
+
+class LOCKEXT_CLIENT_API LeaseKeeper final {
+public:
+    using Clock = std::chrono::steady_clock;
+    /* Called once with the reason when the lease is lost. */
+    using LostCallback = std::function<void(const std::string &reason)>;
+
+    /*
+     * Starts renewing handle through plugin, which must outlive the keeper.
+     * acquired_at: a steady_clock time taken just BEFORE the try_lock that returned
+     * handle (default: now, which overestimates the lease by the try_lock's duration).
+     */
+    LeaseKeeper(LockingPlugin &plugin, LockHandle handle, LostCallback on_lost = {},
+                LeaseKeeperOptions options = {},
+                std::optional<Clock::time_point> acquired_at = std::nullopt);
+    ~LeaseKeeper();
+    LeaseKeeper(const LeaseKeeper &) = delete;
+    LeaseKeeper &operator=(const LeaseKeeper &) = delete;
+
+    [[nodiscard]] const LockHandle &handle() const noexcept;
+    /* True once the lease must be considered lost (sticky). */
+    [[nodiscard]] bool lost() const noexcept;
+    /* Why it was lost, once the keeper thread has noticed. */
+    [[nodiscard]] std::optional<std::string> lost_reason() const;
+    /* End of the lease as far as this client knows. */
+    [[nodiscard]] Clock::time_point valid_until() const noexcept;
+    /* Stops renewing (idempotent); the lease then runs out after its TTL. */
+    void stop() noexcept;
+    /* stop(), then release the lease (a lost lease releases as a silent no-op). */
+    [[nodiscard]] Result<void> release();
+
+private:
+    struct State;
+    std::unique_ptr<State> m_state;
+};
+
+} // namespace lockext
+
+#endif
