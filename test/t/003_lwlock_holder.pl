@@ -8,7 +8,12 @@
 #     crash-restart;
 #  3. pg_terminate_backend on the staller takes effect only when the section
 #     ends (interrupts are held under an LWLock): the backend exits then, the
-#     waiter proceeds, no crash-restart.
+#     waiter proceeds, no crash-restart;
+#  4. statement_timeout cannot cut the section short either: the statement
+#     runs to the end of the stall, then fails with 57014;
+#  5. SIGKILL of the staller inside the section (it dies holding the LWLock)
+#     makes the postmaster crash-restart; afterwards grants report contention
+#     for lockext.recovery_grace_ms, then work, with fences above the old ones.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -20,13 +25,18 @@ my $node = PostgreSQL::Test::Cluster->new('lwlock_holder');
 $node->init;
 $node->append_conf('postgresql.conf',
 	"shared_preload_libraries = 'lockext'\nlockext.enable_test_hooks = on\n"
-	  . "lockext.max_locks = 8\nmax_connections = 50\nrestart_after_crash = on\n");
+	  . "lockext.max_locks = 8\nmax_connections = 50\nrestart_after_crash = on\n"
+	  . "lockext.recovery_grace_ms = 1500\n");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION lockext');
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-my $start_time = sql('SELECT pg_postmaster_start_time()');
+# A crash-restart would kill every backend: this idle session must survive
+# every step but the last (pg_postmaster_start_time is not reset by a
+# crash-restart, so it cannot tell).
+my $sentinel = $node->background_psql('postgres', on_error_stop => 0);
+my $sentinel_pid = $sentinel->query_safe('SELECT pg_backend_pid()');
 my $part = sql("SELECT lockext_test_partition_of('t3:k')");
 like($part, qr/^\d+$/, "key t3:k is in partition $part");
 # A second key in the same partition, and one in another partition.
@@ -69,7 +79,8 @@ sub start_waiter
 sub no_crash_restart
 {
 	my ($what) = @_;
-	is(sql('SELECT pg_postmaster_start_time()'), $start_time, "$what: postmaster not restarted");
+	is($sentinel->query_safe('SELECT pg_backend_pid()'), $sentinel_pid,
+		"$what: an idle session opened at the start is still connected");
 	ok(!$node->log_contains(qr/terminated by signal|server process .* was terminated|PANIC|reinitializing/),
 		"$what: no crash-restart in the server log");
 }
@@ -135,7 +146,42 @@ ok(1, 'the staller logged a normal FATAL termination');
 eval { $staller->quit };
 no_crash_restart('terminate during the section');
 
-$waiter->quit;
+### 4. statement_timeout does not interrupt the section
+$t0 = time;
+my ($ret, $out4, $err4) = $node->psql('postgres',
+	"\\set VERBOSITY verbose\nSET statement_timeout = '300ms';\n"
+	  . "SELECT lockext_test_stall($part, 2000, false);\n\\echo sqlstate=:LAST_ERROR_SQLSTATE\n",
+	on_error_stop => 0);
+cmp_ok(time - $t0, '>=', 1.9, 'a 300 ms statement_timeout did not cut the 2 s section short');
+like($out4, qr/^sqlstate=57014$/m, 'the statement was cancelled (57014) once the section ended');
+like($err4, qr/canceling statement due to statement timeout/, 'with the statement-timeout message');
+is(sql("SELECT (h).lock_id IS NULL FROM (SELECT try_lock('t3:k', 60000) h) s"),
+	't', 'the partition is usable after the cancelled stall (t3:k still held)');
+no_crash_restart('statement_timeout during the section');
+
+### 5. SIGKILL inside the section: crash-restart, grace, then grants again
+my $fence_before = sql("SELECT fence FROM try_lock('t3:before_kill', 60000)");
+$staller = $node->background_psql('postgres', on_error_stop => 0);
+$staller_pid = $staller->query_safe('SELECT pg_backend_pid()');
+start_stall($staller, $staller_pid, 5000, 'false');
+start_waiter($waiter, $waiter_pid, $same);
+$log_offset = -s $node->logfile;
+ok(kill('KILL', $staller_pid), 'SIGKILL sent to the staller inside the section');
+$node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
+$node->wait_for_log(qr/database system is ready to accept connections/, $log_offset);
+ok(1, 'the postmaster crash-restarted');
+eval { $staller->quit };
+eval { $waiter->quit };
+eval { $sentinel->quit };
+is(sql("SELECT active FROM lockext_grace()"), 't', 'grace period active after the crash-restart');
+is(sql("SELECT (h).lock_id IS NULL FROM (SELECT try_lock('t3:after_kill', 60000) h) s"),
+	't', 'a never-used key is contention during the grace period');
+ok($node->poll_query_until('postgres',
+		"SELECT (h).lock_id IS NOT NULL FROM (SELECT try_lock('t3:after_kill', 60000) h) s"),
+	'grants work again after the grace period');
+cmp_ok(sql("SELECT fence FROM lockext_leases WHERE key = 't3:after_kill'"), '>', $fence_before,
+	'the fence after the crash-restart is above the fence before it');
+
 sql("SELECT lockext_force_release(key) FROM lockext_leases");
 is(sql('SELECT count(*) FROM lockext_leases'), '0', 'all leases released');
 $node->stop;
