@@ -27,24 +27,30 @@ PGCTL=""
 BOUNCER_PID=""
 
 say() { printf '%s\n' "$*"; }
+# Prints the summary as the very last line and exits (0 only if nothing failed).
+finish() {
+    if [ "${KEEP_WORK:-0}" = 1 ] || [ "$FAILED" -gt 0 ]; then
+        say "run.sh: logs kept in $WORK"
+    fi
+    say "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ] && exit 0
+    exit 1
+}
 die() {
     say "run.sh: $*"
     [ -s "$LOG" ] && { say "---- $LOG (last 60 lines) ----"; tail -n 60 "$LOG"; }
     FAILED=$((FAILED + 1))
-    say "$PASSED passed, $FAILED failed"
-    exit 1
+    finish
 }
 
+# Stops what this script started (silently: the summary stays the last line).
 cleanup() {
     if [ -n "$BOUNCER_PID" ]; then kill -INT "$BOUNCER_PID" 2>/dev/null; fi
     if [ -n "$PGCTL" ]; then $PGCTL stop -m immediate >/dev/null 2>&1; fi
-    if [ "${KEEP_WORK:-0}" = 1 ] || [ "$FAILED" -gt 0 ]; then
-        say "run.sh: logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
+    if [ "${KEEP_WORK:-0}" != 1 ] && [ "$FAILED" -eq 0 ]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+trap 'FAILED=$((FAILED + 1)); say "run.sh: interrupted"; finish' INT TERM
 
 # A TCP port on 127.0.0.1 that nothing listens on right now.
 free_port() {
@@ -164,7 +170,7 @@ run_gtest() {
         say "PASS $label: $p passed ($((SECONDS - start)) s)"
     else
         say "FAIL $label: $p passed, $f failed, $s skipped, exit $rc ($((SECONDS - start)) s)"
-        grep -E '^\[  (FAILED|SKIPPED) \]|Failure|error:|ERROR: |WARNING: ThreadSanitizer|runtime error' \
+        grep -E '^\[  (FAILED|SKIPPED) \] |: Failure$|ERROR: [A-Za-z]*Sanitizer|WARNING: ThreadSanitizer|runtime error:' \
             "$out" | head -n 40
         say "  full output: $out"
     fi
@@ -208,5 +214,4 @@ else
     tail -n 30 "$LOG"
 fi
 
-say "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish
