@@ -152,13 +152,13 @@ LOCKEXT_SQL_FUNCTION(lockext_stats_internal)
 	SpinLockRelease(&lockext_state->mutex);
 
 	memset(nulls, 0, sizeof(nulls));
-	values[c++] = Int64GetDatum((int64) counts.acquired);
-	values[c++] = Int64GetDatum((int64) counts.contended);
-	values[c++] = Int64GetDatum((int64) counts.renewed);
-	values[c++] = Int64GetDatum((int64) counts.renew_failed);
-	values[c++] = Int64GetDatum((int64) counts.released);
-	values[c++] = Int64GetDatum((int64) counts.release_noop);
-	values[c++] = Int64GetDatum((int64) counts.expired);
+	values[c++] = Int64GetDatum((int64) counts.events.acquired);
+	values[c++] = Int64GetDatum((int64) counts.events.contended);
+	values[c++] = Int64GetDatum((int64) counts.events.renewed);
+	values[c++] = Int64GetDatum((int64) counts.events.renew_failed);
+	values[c++] = Int64GetDatum((int64) counts.events.released);
+	values[c++] = Int64GetDatum((int64) counts.events.release_noop);
+	values[c++] = Int64GetDatum((int64) counts.events.expired);
 	values[c++] = Int64GetDatum((int64) pg_atomic_read_u64(&lockext_state->table_full));
 	values[c++] = Int64GetDatum((int64) counts.live_leases);
 	values[c++] = Int32GetDatum(lockext_max_locks);

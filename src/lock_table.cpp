@@ -39,10 +39,10 @@ extern "C"
 
 namespace core = lockext::core;
 
-static LockextPartitionStats *
+static LockextCounters *
 StatsOf(uint32 hash)
 {
-	return &lockext_state->partition_stats[LockextPartitionOf(hash)];
+	return &lockext_state->partition_stats[LockextPartitionOf(hash)].counters;
 }
 
 void
@@ -127,7 +127,7 @@ LockextGrant(const LockextProbeKey *probe, const LockextGrantRequest *request,
 			 LockextGrantResult *result)
 {
 	LWLock	   *lock = LockextPartitionLock(probe->hash);
-	LockextPartitionStats *stats = StatsOf(probe->hash);
+	LockextCounters *stats = StatsOf(probe->hash);
 	bool		swept = false;
 
 	for (;;)
@@ -257,7 +257,7 @@ LockextRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_m
 			 int64 max_ttl_ms)
 {
 	LWLock	   *lock = LockextPartitionLock(probe->hash);
-	LockextPartitionStats *stats = StatsOf(probe->hash);
+	LockextCounters *stats = StatsOf(probe->hash);
 	LockextLease *lease = NULL;
 	void	   *entry;
 	int64		now_ns;
@@ -301,7 +301,7 @@ bool
 LockextRelease(const LockextProbeKey *probe, const pg_uuid_t *lock_id)
 {
 	LWLock	   *lock = LockextPartitionLock(probe->hash);
-	LockextPartitionStats *stats = StatsOf(probe->hash);
+	LockextCounters *stats = StatsOf(probe->hash);
 	LockextLease *lease = NULL;
 	void	   *entry;
 	bool		released = false;
@@ -338,7 +338,7 @@ bool
 LockextEvict(const LockextProbeKey *probe)
 {
 	LWLock	   *lock = LockextPartitionLock(probe->hash);
-	LockextPartitionStats *stats = StatsOf(probe->hash);
+	LockextCounters *stats = StatsOf(probe->hash);
 	void	   *entry;
 	bool		was_live = false;
 
@@ -471,15 +471,16 @@ LockextCollectCounts(LockextTableCounts *counts)
 	AcquireAllPartitions(LW_SHARED);
 	for (int i = 0; i < LOCKEXT_NUM_PARTITIONS; i++)
 	{
-		const LockextPartitionStats *s = &lockext_state->partition_stats[i];
+		const LockextCounters *s = &lockext_state->partition_stats[i].counters;
+		LockextCounters *sum = &counts->events;
 
-		counts->acquired += s->acquired;
-		counts->contended += s->contended;
-		counts->renewed += s->renewed;
-		counts->renew_failed += s->renew_failed;
-		counts->released += s->released;
-		counts->release_noop += s->release_noop;
-		counts->expired += s->expired;
+		sum->acquired += s->acquired;
+		sum->contended += s->contended;
+		sum->renewed += s->renewed;
+		sum->renew_failed += s->renew_failed;
+		sum->released += s->released;
+		sum->release_noop += s->release_noop;
+		sum->expired += s->expired;
 	}
 	now_ns = LockextNowNanos();
 	hash_seq_init(&scan, lockext_table);

@@ -55,13 +55,7 @@ typedef struct LockextLeaseCopy
 
 typedef struct LockextTableCounts
 {
-	uint64		acquired;
-	uint64		contended;
-	uint64		renewed;
-	uint64		renew_failed;
-	uint64		released;
-	uint64		release_noop;
-	uint64		expired;
+	LockextCounters events;		/* summed over partitions */
 	uint64		live_leases;
 } LockextTableCounts;
 

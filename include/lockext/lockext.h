@@ -97,8 +97,8 @@ typedef struct LockextLease
 /* 88 bytes: a slot costs max_key_length + about 128 bytes with the hash overhead */
 StaticAssertDecl(sizeof(LockextLease) == 88, "LockextLease grew");
 
-/* Counters of one partition; padded so partitions do not share cache lines. */
-typedef struct LockextPartitionStats
+/* Event counters behind lockext_stats. */
+typedef struct LockextCounters
 {
 	uint64		acquired;
 	uint64		contended;
@@ -107,7 +107,13 @@ typedef struct LockextPartitionStats
 	uint64		released;
 	uint64		release_noop;
 	uint64		expired;
-	char		pad[PG_CACHE_LINE_SIZE - 7 * sizeof(uint64)];
+} LockextCounters;
+
+/* One partition's counters, padded so partitions do not share cache lines. */
+typedef union LockextPartitionStats
+{
+	LockextCounters counters;
+	char		pad[PG_CACHE_LINE_SIZE];
 } LockextPartitionStats;
 
 typedef struct LockextSharedState
