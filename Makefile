@@ -26,8 +26,8 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 override with_llvm = no
 
 PG_CPPFLAGS = -I$(srcdir)/include -isystem $(shell $(PG_CONFIG) --includedir-server)
-PG_CXXFLAGS = -std=c++20 -Wall -Wextra -Werror -Wno-register
-SHLIB_LINK  = -lstdc++
+PG_CXXFLAGS = -std=c++20 -Wall -Wextra -Werror -Wno-register $(LOCKEXT_EXTRA_CXXFLAGS)
+SHLIB_LINK  = -lstdc++ $(LOCKEXT_EXTRA_LDFLAGS)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

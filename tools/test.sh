@@ -6,13 +6,13 @@
 #
 #   tools/test.sh            all suites
 #   LOCKEXT_SUITES="regress isolation" tools/test.sh   a subset
-#     (unit regress isolation tap client)
+#     (unit regress isolation tap client ubsan)
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/tools/lib.sh"
 require_root
 
-suites=${LOCKEXT_SUITES:-"unit regress isolation tap client"}
+suites=${LOCKEXT_SUITES:-"unit regress isolation tap client ubsan"}
 passed=0
 failed=0
 started=$(date +%s)
@@ -110,6 +110,31 @@ if has_suite client && [ -x "$top/client/test/run.sh" ]; then
 	p=$(echo "$last" | sed -nE 's/^([0-9]+) passed.*/\1/p')
 	f=$(echo "$last" | sed -nE 's/.* ([0-9]+) failed.*/\1/p')
 	record client "${p:-0}" "${f:-0}" "$rc"
+fi
+
+# The extension built with UndefinedBehaviorSanitizer (any hit aborts the
+# backend), installed for the regress and isolation suites, then the normal
+# build is put back.
+if has_suite ubsan; then
+	ubsrc=$scratch/ubsan
+	mkdir -p "$ubsrc"
+	tar -C "$top" --exclude=./client --exclude=./.git --exclude='./build*' -cf - . | tar -C "$ubsrc" -xf -
+	make -C "$ubsrc" clean >/dev/null 2>&1
+	if make -C "$ubsrc" -j"$(nproc)" PG_CONFIG="$PG_CONFIG" \
+		LOCKEXT_EXTRA_CXXFLAGS="-fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+		LOCKEXT_EXTRA_LDFLAGS="-fsanitize=undefined" lockext.so >"$scratch/ubsan-build.log" 2>&1 &&
+		make -C "$ubsrc" PG_CONFIG="$PG_CONFIG" install-lib >>"$scratch/ubsan-build.log" 2>&1; then
+		run_pg_suite ubsan-regress "$copy/regression.diffs" ISOLATION= TAP_TESTS=
+		run_pg_suite ubsan-isolation "$copy/output_iso/regression.diffs" REGRESS= TAP_TESTS=
+		if grep -q "runtime error" "$copy"/log/* "$copy"/output_iso/log/* 2>/dev/null; then
+			grep -h -A3 "runtime error" "$copy"/log/* "$copy"/output_iso/log/* | head -20
+			record ubsan-log 0 1 1
+		fi
+	else
+		tail -30 "$scratch/ubsan-build.log"
+		record ubsan-build 0 1 1
+	fi
+	build_and_install "$top" "$scratch/reinstall.log" || record reinstall 0 1 1
 fi
 
 finish
