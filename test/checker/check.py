@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Mutual-exclusion and fencing checker for lockext histories (testing.md §2.6).
+
+Reads the JSON-lines histories written by driver.cpp (one file per driver process; all
+times are CLOCK_MONOTONIC nanoseconds of one host) and checks:
+
+Mutual exclusion. A grant A (a try_lock with outcome ok) gives its client a known lease
+window [A.complete, end) with
+
+    end = min(max(A.invoke, invoke of every successful renew of A's lock_id) + ttl,
+              invoke of the first release of A's lock_id, whatever its outcome)
+
+The server granted at some g in [A.invoke, A.complete] and, if correct, keeps the lease
+until at least g + ttl (a renew that succeeded at r keeps it until r + ttl; the server
+never revives an expired lease, so a successful renew also proves the lease was held
+without a gap) unless a release arrives, which is after its invoke. So a correct server's
+hold interval contains the client window, and two windows of one key that overlap mean
+that two clients held the key at once: a server bug. Windows are half-open; a window whose
+client learnt of the grant only after invoke + ttl is empty.
+
+Fencing. If grant A completed before grant B was invoked (A.complete < B.invoke) then
+fence(A) < fence(B) must hold: checked globally over all keys (so also per key). Two
+grants with the same fence or the same lock_id are violations too.
+
+Indeterminate operations (outcome info: the call failed after the request may have been
+executed) give no window and no fence claim; a renew or release that failed or is
+indeterminate never extends a window, and a release ends the window at its invoke time
+whatever its outcome (the client stops relying on the lease when it starts releasing).
+
+Standard library only. Exit status: 0 = no violation, 1 = violations, 2 = unusable input.
+"""
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+
+NS_PER_MS = 1_000_000
+
+
+class Grant:
+    __slots__ = ("proc", "thread", "key", "lock_id", "fence", "ttl_ns", "invoke", "ok",
+                 "extended_from", "release_invoke", "renews")
+
+    def __init__(self, op):
+        self.proc = op["proc"]
+        self.thread = op["thread"]
+        self.key = op["key"]
+        self.lock_id = op["lock_id"]
+        self.fence = op["fence"]
+        self.ttl_ns = int(op["ttl_ms"]) * NS_PER_MS
+        self.invoke = op["invoke_ns"]
+        self.ok = op["complete_ns"]
+        self.extended_from = None   # invoke of the latest successful renew (its ttl)
+        self.release_invoke = None
+        self.renews = 0
+
+    def who(self):
+        return f"p{self.proc}/t{self.thread}"
+
+    def lease_end(self):
+        end = self.invoke + self.ttl_ns
+        if self.extended_from is not None:
+            end = max(end, self.extended_from[0] + self.extended_from[1])
+        return end
+
+    def end(self):
+        end = self.lease_end()
+        if self.release_invoke is not None:
+            end = min(end, self.release_invoke)
+        return end
+
+    def end_reason(self, t):
+        lease_end = self.lease_end()
+        if self.release_invoke is not None and self.release_invoke <= lease_end:
+            return f"release invoked at {t(self.release_invoke)}"
+        if self.extended_from is not None and lease_end > self.invoke + self.ttl_ns:
+            return (f"renew #{self.renews} invoked at {t(self.extended_from[0])} "
+                    f"+ ttl {self.extended_from[1] // NS_PER_MS} ms")
+        return f"try_lock invoked at {t(self.invoke)} + ttl {self.ttl_ns // NS_PER_MS} ms"
+
+
+def load(paths):
+    ops, bad = [], []
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    op = json.loads(line)
+                except ValueError as e:
+                    bad.append(f"{path}:{n}: {e}")
+                    continue
+                if op.get("op") in ("try_lock", "renew", "release"):
+                    ops.append(op)
+                elif op.get("op") != "meta":
+                    bad.append(f"{path}:{n}: unknown op {op.get('op')!r}")
+    return ops, bad
+
+
+def check(ops, tolerance_ns=0, max_examples=5):
+    origin = min((o["invoke_ns"] for o in ops), default=0)
+
+    def t(ns):
+        return f"+{(ns - origin) / 1e9:.3f}s"
+
+    stats = Counter()
+    problems = []          # damaged-history notes
+    grants = []
+    by_lock_id = {}
+    for o in sorted(ops, key=lambda o: o["invoke_ns"]):
+        stats["ops"] += 1
+        stats[o["op"]] += 1
+        stats[f"{o['op']}_{o['outcome']}"] += 1
+        if o.get("contended"):
+            stats["contended"] += 1
+        elif o["outcome"] != "ok":
+            stats["errors"] += 1
+            stats[f"errors_{o['outcome']}"] += 1
+        if o["op"] == "try_lock":
+            if o["outcome"] == "ok":
+                g = Grant(o)
+                if g.lock_id in by_lock_id:
+                    problems.append(("lock_id", f"lock_id {g.lock_id} granted twice: "
+                                     f"{by_lock_id[g.lock_id].who()} and {g.who()}"))
+                by_lock_id[g.lock_id] = g
+                grants.append(g)
+            continue
+        g = by_lock_id.get(o.get("lock_id"))
+        if g is None:
+            problems.append(("history", f"{o['op']} of unknown lock_id {o.get('lock_id')}"))
+            continue
+        if o["op"] == "renew" and o["outcome"] == "ok":
+            g.renews += 1
+            ttl_ns = int(o["ttl_ms"]) * NS_PER_MS
+            if g.extended_from is None or o["invoke_ns"] + ttl_ns > sum(g.extended_from):
+                g.extended_from = (o["invoke_ns"], ttl_ns)
+        elif o["op"] == "release":
+            if g.release_invoke is None or o["invoke_ns"] < g.release_invoke:
+                g.release_invoke = o["invoke_ns"]
+    stats["grants"] = len(grants)
+
+    # Mutual exclusion: per key, windows sorted by start; each must start at or after
+    # the latest end seen so far.
+    mutex = []
+    windows = defaultdict(list)
+    for g in grants:
+        if g.ok < g.end():
+            windows[g.key].append(g)
+        else:
+            stats["empty_windows"] += 1
+    for key, ws in windows.items():
+        ws.sort(key=lambda g: g.ok)
+        holder = None
+        for g in ws:
+            if holder is not None and g.ok + tolerance_ns < holder.end():
+                mutex.append((holder, g))
+            if holder is None or g.end() > holder.end():
+                holder = g
+    stats["windows"] = sum(len(ws) for ws in windows.values())
+
+    # Fencing: grants in completion order; for each grant B (in invoke order) the largest
+    # fence among grants completed before B was invoked must be below B's fence.
+    fence = []
+    done = sorted(grants, key=lambda g: g.ok)
+    i, best = 0, None
+    for b in sorted(grants, key=lambda g: g.invoke):
+        while i < len(done) and done[i].ok < b.invoke:
+            if best is None or done[i].fence > best.fence:
+                best = done[i]
+            i += 1
+        if best is not None and best.fence >= b.fence:
+            fence.append((best, b, "completed before it was invoked"))
+    seen = {}
+    for g in grants:
+        if g.fence in seen:
+            fence.append((seen[g.fence], g, "same fence"))
+        seen[g.fence] = g
+
+    report = {
+        "ops": stats["ops"],
+        "try_lock": stats["try_lock"],
+        "renew": stats["renew"],
+        "release": stats["release"],
+        "grants": stats["grants"],
+        "contended": stats["contended"],
+        "errors": stats["errors"],
+        "errors_info": stats["errors_info"],
+        "errors_fail": stats["errors_fail"],
+        "renew_ok": stats["renew_ok"],
+        "windows": stats["windows"],
+        "empty_windows": stats["empty_windows"],
+        "mutex_violations": len(mutex),
+        "fence_violations": len(fence),
+        "lock_id_reuse": sum(1 for kind, _ in problems if kind == "lock_id"),
+        "history_problems": sum(1 for kind, _ in problems if kind == "history"),
+        "span_s": round((max((o["complete_ns"] for o in ops), default=origin) - origin) / 1e9, 3),
+    }
+
+    lines = [
+        f"ops {report['ops']} (try_lock {report['try_lock']}, renew {report['renew']}, "
+        f"release {report['release']}) over {report['span_s']} s",
+        f"grants {report['grants']} ({report['windows']} windows, {report['empty_windows']} empty: "
+        f"learnt of only after invoke + ttl), contended {report['contended']}, "
+        f"renewed {report['renew_ok']}",
+        f"errors {report['errors']} (indeterminate {report['errors_info']}, "
+        f"definite {report['errors_fail']})",
+        f"mutex violations {len(mutex)}",
+    ]
+    for a, b in mutex[:max_examples]:
+        lines.append(
+            f"  key {a.key!r}: {a.who()} fence {a.fence} holds from {t(a.ok)} until {t(a.end())} "
+            f"({a.end_reason(t)}), but {b.who()} fence {b.fence} was granted "
+            f"(try_lock invoked {t(b.invoke)}, ok {t(b.ok)}): overlap "
+            f"{(min(a.end(), b.end()) - b.ok) / NS_PER_MS:.1f} ms")
+    lines.append(f"fence violations {len(fence)}")
+    for a, b, why in fence[:max_examples]:
+        lines.append(
+            f"  {b.who()} fence {b.fence} on {b.key!r} (try_lock invoked {t(b.invoke)}, ok {t(b.ok)}) "
+            f"is not above {a.who()} fence {a.fence} on {a.key!r} (ok {t(a.ok)}): {why}")
+    for kind, text in problems[:max_examples]:
+        lines.append(f"  {kind}: {text}")
+    return report, lines
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("histories", nargs="+", help="JSON-lines files written by the driver")
+    ap.add_argument("--json", help="also write the summary as one JSON object to this file")
+    ap.add_argument("--label", default="", help="name of the run, for the summary")
+    ap.add_argument("--tolerance-ms", type=float, default=0.0,
+                    help="ignore overlaps up to this long (default 0: none)")
+    ap.add_argument("--examples", type=int, default=5, help="violations explained (default 5)")
+    args = ap.parse_args(argv)
+
+    ops, bad = load(args.histories)
+    report, lines = check(ops, int(args.tolerance_ms * NS_PER_MS), args.examples)
+    report["label"] = args.label
+    report["unparsable_lines"] = len(bad)
+    violations = (report["mutex_violations"] + report["fence_violations"]
+                  + report["lock_id_reuse"])
+    unusable = bool(bad) or report["history_problems"] > 0 or report["ops"] == 0
+    report["verdict"] = "violations" if violations else ("unusable" if unusable else "ok")
+
+    prefix = f"[{args.label}] " if args.label else ""
+    for line in lines:
+        print(prefix + line)
+    for b in bad[:5]:
+        print(f"{prefix}  unparsable: {b}")
+    print(f"{prefix}verdict: {report['verdict'].upper()}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f)
+            f.write("\n")
+    if violations:
+        return 1
+    return 2 if unusable else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+/*
+ * test/checker/driver.cpp
+ *     History generator for the mutual-exclusion and fencing checker (testing.md §2.6).
+ *
+ * N threads share one lockext::PgLockingPlugin (the library's pool, one connection per
+ * thread). Each thread loops until --seconds have passed:
+ *
+ *     try_lock(key, ttl)  ->  granted: "work" for a random time, optionally renewing at
+ *                             ttl/3 like the lease keeper (stop at the first failed renew),
+ *                             then release
+ *                         ->  contention / error: back off a little, try again
+ *
+ * Some work times are longer than the TTL (clients that overrun their lease). Every call
+ * is logged as one JSON object per line when it completes, with CLOCK_MONOTONIC
+ * nanoseconds taken just before the call (invoke_ns) and just after it (complete_ns):
+ * the same clock the server measures expiry on, so histories of several processes on one
+ * host are comparable. outcome is "ok" (granted / renewed / released), "fail" (definitely
+ * not done: contention, "lock lost", an error raised before the request was sent or a
+ * server error that rules the call out) or "info" (indeterminate: the request may have
+ * been executed, e.g. the connection died after it was sent).
+ *
+ * The log is written under a mutex and flushed when the process exits normally; the
+ * driver always stops by itself (send SIGSTOP/SIGCONT to pause it, never SIGKILL, or the
+ * tail of the history is lost).
+ */
+#include <lockext/pg_locking_plugin.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+namespace {
+
+struct Config {
+    std::string conninfo = "host=127.0.0.1 dbname=postgres";
+    std::string out = "-";
+    std::string key_prefix = "checker";
+    int proc = 0;
+    int threads = 4;
+    int keys = 2;
+    std::uint64_t ttl_ms = 2000;      /* longest TTL asked for */
+    std::uint64_t ttl_min_ms = 0;     /* shortest (0 = ttl_ms); each try_lock picks one in
+                                         between, log-uniformly (as many short as long) */
+    int work_min_pct = 0;             /* work time, in % of the grant's TTL */
+    int work_max_pct = 75;
+    int overrun_pct = 10;   /* % of holds that work 100..150 % of the TTL */
+    int renew_pct = 30;     /* % of holds that renew every ttl/3 while working */
+    int backoff_max_ms = 20;
+    int error_sleep_ms = 100;
+    double seconds = 15;
+    bool prepared = true;
+    int pool_size = 0;      /* 0 = threads */
+    int statement_timeout_ms = 3000;
+    int connect_timeout_s = 2;
+    int acquire_timeout_ms = 3000;
+    std::uint64_t seed = 0; /* 0 = from the clock */
+};
+
+std::int64_t
+mono_ns()
+{
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return std::int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+void
+sleep_until_ns(std::int64_t target)
+{
+    for (;;) {
+        const std::int64_t left = target - mono_ns();
+        if (left <= 0)
+            return;
+        timespec ts{static_cast<time_t>(left / 1000000000), static_cast<long>(left % 1000000000)};
+        nanosleep(&ts, nullptr);
+    }
+}
+
+std::string
+json_string(std::string_view s)
+{
+    std::string out = "\"";
+    for (unsigned char c : s) {
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                char buf[8];
+                std::snprintf(buf, sizeof buf, "\\u%04x", c);
+                out += buf;
+            } else {
+                out += static_cast<char>(c);
+            }
+        }
+    }
+    return out + "\"";
+}
+
+/*
+ * "fail" only when the call certainly did not take effect; everything else is "info".
+ * The checker draws no safety claim from either, so a misclassification only moves
+ * counts between columns.
+ */
+const char *
+classify_error(const std::string &e)
+{
+    static constexpr std::string_view definite[] = {
+        "could not connect to server",   /* nothing was sent */
+        "failed: connection failed: ",   /* broke before the request was sent */
+        "no pool connection became free",
+        "lock lost",                     /* renew: the server answered false */
+        "the plugin was cleaned up",
+        "[22", "[42", "[3F000]", "[25006]", "[53400]", "[55000]",
+    };
+    if (e.find("outcome unknown") != std::string::npos)
+        return "info";
+    for (auto d : definite)
+        if (e.find(d) != std::string::npos)
+            return "fail";
+    return "info";
+}
+
+class Log {
+public:
+    explicit Log(const std::string &path)
+    {
+        m_file = path == "-" ? stdout : std::fopen(path.c_str(), "w");
+        if (m_file == nullptr) {
+            std::perror(path.c_str());
+            std::exit(2);
+        }
+    }
+    ~Log()
+    {
+        std::fflush(m_file);
+        if (m_file != stdout)
+            std::fclose(m_file);
+    }
+    void write(const std::string &line)
+    {
+        std::lock_guard lock(m_mutex);
+        std::fputs(line.c_str(), m_file);
+        std::fputc('\n', m_file);
+    }
+
+private:
+    std::mutex m_mutex;
+    std::FILE *m_file;
+};
+
+struct Op {
+    const char *op = "";
+    std::int64_t invoke_ns = 0;
+    std::int64_t complete_ns = 0;
+    const char *outcome = "ok";
+    std::string key;
+    std::uint64_t ttl_ms = 0;
+    std::string lock_id;
+    std::optional<std::int64_t> fence;
+    bool contended = false;
+    std::string error;
+};
+
+Op
+make_op(const char *name, std::string key, std::uint64_t ttl_ms,
+        const lockext::LockHandle *handle = nullptr)
+{
+    Op op;
+    op.op = name;
+    op.key = std::move(key);
+    op.ttl_ms = ttl_ms;
+    if (handle != nullptr) {
+        op.lock_id = handle->lock_id;
+        op.fence = handle->fence;
+    }
+    return op;
+}
+
+struct Counters {
+    std::atomic<long> ops{0}, grants{0}, contended{0}, errors{0};
+};
+
+class Worker {
+public:
+    Worker(const Config &cfg, lockext::PgLockingPlugin &plugin, Log &log, Counters &counters,
+           int thread, std::int64_t deadline)
+        : m_cfg(cfg), m_plugin(plugin), m_log(log), m_counters(counters), m_thread(thread),
+          m_deadline(deadline),
+          m_rng(cfg.seed * 1000003 + static_cast<std::uint64_t>(cfg.proc) * 1009 +
+                static_cast<std::uint64_t>(thread))
+    {
+    }
+
+    void run()
+    {
+        while (mono_ns() < m_deadline) {
+            const std::string key =
+                m_cfg.key_prefix + "-k" + std::to_string(uniform(0, m_cfg.keys - 1));
+            const std::uint64_t ttl_ms = pick_ttl();
+            Op op = make_op("try_lock", key, ttl_ms);
+            op.invoke_ns = mono_ns();
+            auto r = m_plugin.try_lock(key, ttl_ms);
+            op.complete_ns = mono_ns();
+            if (!r) {
+                fail_op(op, r.error());
+                emit(op);
+                pause_ms(uniform(m_cfg.error_sleep_ms / 2, m_cfg.error_sleep_ms));
+                continue;
+            }
+            if (!r->has_value()) {
+                op.outcome = "fail";
+                op.contended = true;
+                emit(op);
+                pause_ms(uniform(0, m_cfg.backoff_max_ms));
+                continue;
+            }
+            const lockext::LockHandle handle = **r;
+            op.lock_id = handle.lock_id;
+            op.fence = handle.fence;
+            emit(op);
+            hold(handle);
+        }
+    }
+
+private:
+    void hold(const lockext::LockHandle &handle)
+    {
+        const std::int64_t ttl = static_cast<std::int64_t>(handle.ttl_ms);
+        const int pct = uniform(0, 99) < m_cfg.overrun_pct
+                            ? uniform(100, 150)
+                            : uniform(m_cfg.work_min_pct, m_cfg.work_max_pct);
+        const std::int64_t work_ms = ttl * pct / 100;
+        const bool renewing = uniform(0, 99) < m_cfg.renew_pct;
+        const std::int64_t work_end =
+            std::min(mono_ns() + work_ms * 1000000, m_deadline);
+        if (renewing) {
+            const std::int64_t interval = std::max<std::int64_t>(ttl / 3, 1) * 1000000;
+            std::int64_t next = mono_ns() + interval;
+            while (next < work_end) {
+                sleep_until_ns(next);
+                const Op op = logged("renew", handle, [&] { return m_plugin.renew(handle); });
+                if (!op.error.empty())
+                    break; /* the keeper tells the worker to stop */
+                next = op.invoke_ns + interval;
+            }
+        }
+        sleep_until_ns(work_end);
+        (void) logged("release", handle, [&] { return m_plugin.release(handle); });
+    }
+
+    /* Runs call (a renew or release of handle), logs it and returns the logged op. */
+    template <class Call>
+    Op logged(const char *name, const lockext::LockHandle &handle, Call &&call)
+    {
+        Op op = make_op(name, handle.key, handle.ttl_ms, &handle);
+        op.invoke_ns = mono_ns();
+        const lockext::Result<void> r = call();
+        op.complete_ns = mono_ns();
+        if (!r)
+            fail_op(op, r.error());
+        emit(op);
+        return op;
+    }
+
+    void fail_op(Op &op, const std::string &error)
+    {
+        op.outcome = classify_error(error);
+        op.error = error;
+    }
+
+    void emit(const Op &op)
+    {
+        m_counters.ops++;
+        if (op.contended)
+            m_counters.contended++;
+        else if (!op.error.empty())
+            m_counters.errors++;
+        else if (std::strcmp(op.op, "try_lock") == 0)
+            m_counters.grants++;
+        std::string line = "{\"proc\":" + std::to_string(m_cfg.proc) +
+                           ",\"thread\":" + std::to_string(m_thread) + ",\"op\":\"" + op.op +
+                           "\",\"invoke_ns\":" + std::to_string(op.invoke_ns) +
+                           ",\"complete_ns\":" + std::to_string(op.complete_ns) +
+                           ",\"outcome\":\"" + op.outcome + "\",\"key\":" + json_string(op.key) +
+                           ",\"ttl_ms\":" + std::to_string(op.ttl_ms) + ",\"lock_id\":" +
+                           (op.lock_id.empty() ? "null" : json_string(op.lock_id)) +
+                           ",\"fence\":" + (op.fence ? std::to_string(*op.fence) : "null") +
+                           ",\"contended\":" + (op.contended ? "true" : "false") +
+                           ",\"error\":" + (op.error.empty() ? "null" : json_string(op.error)) +
+                           "}";
+        m_log.write(line);
+    }
+
+    std::uint64_t pick_ttl()
+    {
+        if (m_cfg.ttl_min_ms >= m_cfg.ttl_ms)
+            return m_cfg.ttl_ms;
+        const double lo = static_cast<double>(m_cfg.ttl_min_ms);
+        const double u = std::uniform_real_distribution<double>(0.0, 1.0)(m_rng);
+        const double ttl = lo * std::pow(static_cast<double>(m_cfg.ttl_ms) / lo, u);
+        return std::clamp<std::uint64_t>(static_cast<std::uint64_t>(std::llround(ttl)),
+                                         m_cfg.ttl_min_ms, m_cfg.ttl_ms);
+    }
+
+    int uniform(int lo, int hi)
+    {
+        if (hi <= lo)
+            return lo;
+        return std::uniform_int_distribution<int>(lo, hi)(m_rng);
+    }
+
+    void pause_ms(int ms)
+    {
+        sleep_until_ns(std::min(mono_ns() + std::int64_t{ms} * 1000000, m_deadline));
+    }
+
+    const Config &m_cfg;
+    lockext::PgLockingPlugin &m_plugin;
+    Log &m_log;
+    Counters &m_counters;
+    int m_thread;
+    std::int64_t m_deadline;
+    std::mt19937_64 m_rng;
+};
+
+[[noreturn]] void
+usage(const char *argv0)
+{
+    std::fprintf(stderr,
+                 "usage: %s [--conninfo STR] [--out FILE|-] [--proc N] [--threads N] [--keys N]\n"
+                 "    [--key-prefix STR] [--ttl-ms N] [--ttl-min-ms N] [--work-min-pct P]\n"
+                 "    [--work-max-pct P] [--overrun-pct P] [--renew-pct P] [--backoff-max-ms N]\n"
+                 "    [--error-sleep-ms N]"
+                 " [--seconds S] [--prepared 0|1] [--pool-size N] [--statement-timeout-ms N]\n"
+                 "    [--connect-timeout-s N] [--acquire-timeout-ms N] [--seed N]\n",
+                 argv0);
+    std::exit(2);
+}
+
+Config
+parse(int argc, char **argv)
+{
+    Config c;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "-h" || a == "--help")
+            usage(argv[0]);
+        if (i + 1 >= argc)
+            usage(argv[0]);
+        const std::string v = argv[++i];
+        auto num = [&] { return std::stoll(v); };
+        if (a == "--conninfo") c.conninfo = v;
+        else if (a == "--out") c.out = v;
+        else if (a == "--key-prefix") c.key_prefix = v;
+        else if (a == "--proc") c.proc = static_cast<int>(num());
+        else if (a == "--threads") c.threads = static_cast<int>(num());
+        else if (a == "--keys") c.keys = static_cast<int>(num());
+        else if (a == "--ttl-ms") c.ttl_ms = static_cast<std::uint64_t>(num());
+        else if (a == "--ttl-min-ms") c.ttl_min_ms = static_cast<std::uint64_t>(num());
+        else if (a == "--work-min-pct") c.work_min_pct = static_cast<int>(num());
+        else if (a == "--work-max-pct") c.work_max_pct = static_cast<int>(num());
+        else if (a == "--overrun-pct") c.overrun_pct = static_cast<int>(num());
+        else if (a == "--renew-pct") c.renew_pct = static_cast<int>(num());
+        else if (a == "--backoff-max-ms") c.backoff_max_ms = static_cast<int>(num());
+        else if (a == "--error-sleep-ms") c.error_sleep_ms = static_cast<int>(num());
+        else if (a == "--seconds") c.seconds = std::stod(v);
+        else if (a == "--prepared") c.prepared = num() != 0;
+        else if (a == "--pool-size") c.pool_size = static_cast<int>(num());
+        else if (a == "--statement-timeout-ms") c.statement_timeout_ms = static_cast<int>(num());
+        else if (a == "--connect-timeout-s") c.connect_timeout_s = static_cast<int>(num());
+        else if (a == "--acquire-timeout-ms") c.acquire_timeout_ms = static_cast<int>(num());
+        else if (a == "--seed") c.seed = static_cast<std::uint64_t>(num());
+        else usage(argv[0]);
+    }
+    if (c.threads < 1 || c.keys < 1 || c.ttl_ms < 1 || c.seconds <= 0)
+        usage(argv[0]);
+    if (c.ttl_min_ms == 0 || c.ttl_min_ms > c.ttl_ms)
+        c.ttl_min_ms = c.ttl_ms;
+    if (c.seed == 0)
+        c.seed = static_cast<std::uint64_t>(mono_ns()) ^ static_cast<std::uint64_t>(getpid());
+    return c;
+}
+
+} // namespace
+
+int
+main(int argc, char **argv)
+{
+    const Config cfg = parse(argc, argv);
+    lockext::PgOptions options;
+    options.pool_size = static_cast<std::size_t>(cfg.pool_size > 0 ? cfg.pool_size : cfg.threads);
+    options.prepared_statements = cfg.prepared;
+    options.statement_timeout = std::chrono::milliseconds(cfg.statement_timeout_ms);
+    options.connect_timeout = std::chrono::seconds(cfg.connect_timeout_s);
+    options.acquire_timeout = std::chrono::milliseconds(cfg.acquire_timeout_ms);
+
+    Counters counters;
+    {
+        Log log(cfg.out);
+        lockext::PgLockingPlugin plugin(cfg.conninfo, options);
+        const std::int64_t start = mono_ns();
+        const std::int64_t deadline = start + static_cast<std::int64_t>(cfg.seconds * 1e9);
+        log.write("{\"proc\":" + std::to_string(cfg.proc) + ",\"op\":\"meta\",\"start_ns\":" +
+                  std::to_string(start) + ",\"threads\":" + std::to_string(cfg.threads) +
+                  ",\"keys\":" + std::to_string(cfg.keys) + ",\"ttl_ms\":" +
+                  std::to_string(cfg.ttl_ms) + ",\"seed\":" + std::to_string(cfg.seed) +
+                  ",\"prepared\":" + (cfg.prepared ? "true" : "false") + "}");
+        std::vector<std::thread> threads;
+        threads.reserve(static_cast<std::size_t>(cfg.threads));
+        for (int t = 0; t < cfg.threads; ++t)
+            threads.emplace_back([&, t] {
+                Worker(cfg, plugin, log, counters, t, deadline).run();
+            });
+        for (auto &t : threads)
+            t.join();
+        (void) plugin.cleanup();
+    }
+    std::fprintf(stderr, "driver p%d: %ld ops, %ld grants, %ld contended, %ld errors\n", cfg.proc,
+                 counters.ops.load(), counters.grants.load(), counters.contended.load(),
+                 counters.errors.load());
+    return 0;
+}

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Unit tests of check.py on hand-made histories (standard library only).
+
+    python3 test/checker/test_check.py
+"""
+
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check  # noqa: E402
+
+MS = 1_000_000
+
+
+def op(kind, proc, inv_ms, ok_ms, outcome="ok", key="k", ttl=1000, lock_id=None, fence=None,
+       contended=False, thread=0):
+    return {"proc": proc, "thread": thread, "op": kind, "invoke_ns": int(inv_ms * MS),
+            "complete_ns": int(ok_ms * MS), "outcome": outcome, "key": key, "ttl_ms": ttl,
+            "lock_id": lock_id, "fence": fence, "contended": contended,
+            "error": None if outcome == "ok" else "x"}
+
+
+def grant(proc, inv, ok, lid, fence, key="k", ttl=1000):
+    return op("try_lock", proc, inv, ok, key=key, ttl=ttl, lock_id=lid, fence=fence)
+
+
+def result(ops):
+    report, _ = check.check(ops)
+    return report["mutex_violations"], report["fence_violations"]
+
+
+class MutexTest(unittest.TestCase):
+    def test_sequential_holders_after_release(self):
+        self.assertEqual(result([
+            grant(1, 0, 5, "a", 1), op("release", 1, 100, 101, lock_id="a"),
+            grant(2, 99, 102, "b", 2), op("release", 2, 200, 201, lock_id="b"),
+        ]), (0, 0))
+
+    def test_overlap_while_first_holds(self):
+        self.assertEqual(result([
+            grant(1, 0, 5, "a", 1), op("release", 1, 500, 501, lock_id="a"),
+            grant(2, 100, 110, "b", 2),
+        ]), (1, 0))
+
+    def test_expiry_ends_the_window(self):
+        # first client overruns its 1000 ms ttl; a grant after invoke + ttl is fine
+        self.assertEqual(result([
+            grant(1, 0, 5, "a", 1), op("release", 1, 1500, 1501, lock_id="a"),
+            grant(2, 1000, 1001, "b", 2),
+        ]), (0, 0))
+
+    def test_grant_ok_just_before_expiry_is_a_violation(self):
+        self.assertEqual(result([
+            grant(1, 0, 5, "a", 1), grant(2, 990, 999, "b", 2),
+        ]), (1, 0))
+
+    def test_successful_renew_extends(self):
+        ops = [grant(1, 0, 5, "a", 1), op("renew", 1, 300, 301, lock_id="a"),
+               grant(2, 1100, 1101, "b", 2)]
+        self.assertEqual(result(ops), (1, 0))
+
+    def test_failed_or_indeterminate_renew_does_not_extend(self):
+        for outcome in ("fail", "info"):
+            ops = [grant(1, 0, 5, "a", 1), op("renew", 1, 300, 301, outcome, lock_id="a"),
+                   grant(2, 1100, 1101, "b", 2)]
+            self.assertEqual(result(ops), (0, 0), outcome)
+
+    def test_indeterminate_grant_has_no_window(self):
+        self.assertEqual(result([
+            op("try_lock", 1, 0, 5, "info"), grant(2, 10, 11, "b", 2),
+        ]), (0, 0))
+
+    def test_indeterminate_release_still_ends_window(self):
+        self.assertEqual(result([
+            grant(1, 0, 5, "a", 1), op("release", 1, 100, 3000, "info", lock_id="a"),
+            grant(2, 200, 201, "b", 2),
+        ]), (0, 0))
+
+    def test_empty_window_client_learnt_too_late(self):
+        # reply arrived after invoke + ttl (client paused): no claim
+        report, _ = check.check([grant(1, 0, 1200, "a", 1), grant(2, 1100, 1101, "b", 2)])
+        self.assertEqual((report["mutex_violations"], report["empty_windows"]), (0, 1))
+
+    def test_different_keys_do_not_conflict(self):
+        self.assertEqual(result([
+            grant(1, 0, 5, "a", 1, key="x"), grant(2, 10, 11, "b", 2, key="y"),
+        ]), (0, 0))
+
+    def test_overlap_with_an_earlier_long_window(self):
+        # A long, B short inside A, C after B but inside A: two violations
+        self.assertEqual(result([
+            grant(1, 0, 1, "a", 1), grant(2, 100, 101, "b", 2),
+            op("release", 2, 150, 151, lock_id="b"), grant(3, 300, 301, "c", 3),
+        ]), (2, 0))
+
+
+class FenceTest(unittest.TestCase):
+    def test_fence_must_grow_across_keys(self):
+        self.assertEqual(result([
+            grant(1, 0, 5, "a", 10, key="x"), grant(2, 10, 11, "b", 9, key="y"),
+        ]), (0, 1))
+
+    def test_concurrent_grants_may_complete_out_of_order(self):
+        # B invoked before A completed: no order claim between them
+        self.assertEqual(result([
+            grant(1, 0, 20, "a", 10, key="x"), grant(2, 10, 11, "b", 9, key="y"),
+        ]), (0, 0))
+
+    def test_equal_fences(self):
+        self.assertEqual(result([
+            grant(1, 0, 20, "a", 7, key="x"), grant(2, 10, 11, "b", 7, key="y"),
+        ]), (0, 1))
+
+    def test_lock_id_reuse(self):
+        report, _ = check.check([grant(1, 0, 5, "a", 1, key="x"), grant(2, 10, 11, "a", 2, key="y")])
+        self.assertEqual(report["lock_id_reuse"], 1)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=1)
