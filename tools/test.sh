@@ -84,21 +84,25 @@ run_pg_suite() {
 has_suite regress && run_pg_suite regress "$copy/regression.diffs" ISOLATION= TAP_TESTS=
 has_suite isolation && run_pg_suite isolation "$copy/output_iso/regression.diffs" REGRESS= TAP_TESTS=
 
-if has_suite tap && ls "$copy"/test/t/*.pl >/dev/null 2>&1; then
-	log=$scratch/tap.log
-	pg_make REGRESS= ISOLATION= PROVE_FLAGS="--timer" >"$log" 2>&1
+# TAP suites via prove: name, then make overrides
+run_tap_suite() {
+	local suite=$1 log=$scratch/$1.log rc total bad f
+	shift
+	pg_make REGRESS= ISOLATION= PROVE_FLAGS="--timer" "$@" >"$log" 2>&1
 	rc=$?
 	total=$(sed -nE 's/^Files=[0-9]+, Tests=([0-9]+),.*/\1/p' "$log" | tail -1)
 	bad=$(sed -nE 's/.*Failed ([0-9]+)\/[0-9]+ subtests.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
 	total=${total:-0}
-	bad=${bad:-0}
 	if [ "$rc" -ne 0 ]; then
 		cat "$log"
 		for f in "$copy"/tmp_check/log/regress_log_*; do
 			[ -f "$f" ] && { echo "---- $f"; tail -40 "$f"; }
 		done
 	fi
-	record tap "$((total - bad))" "$bad" "$rc"
+	record "$suite" "$((total - bad))" "$bad" "$rc"
+}
+if has_suite tap && ls "$copy"/test/t/*.pl >/dev/null 2>&1; then
+	run_tap_suite tap
 fi
 
 if has_suite client && [ -x "$top/client/test/run.sh" ]; then
@@ -126,6 +130,8 @@ if has_suite ubsan; then
 		make -C "$ubsrc" PG_CONFIG="$PG_CONFIG" install-lib >>"$scratch/ubsan-build.log" 2>&1; then
 		run_pg_suite ubsan-regress "$copy/regression.diffs" ISOLATION= TAP_TESTS=
 		run_pg_suite ubsan-isolation "$copy/output_iso/regression.diffs" REGRESS= TAP_TESTS=
+		run_tap_suite ubsan-fuzz PROVE_TESTS=test/t/007_sql_fuzz.pl
+		grep -q "runtime error" "$copy"/tmp_check/log/*.log 2>/dev/null && record ubsan-fuzz-log 0 1 1
 		if grep -q "runtime error" "$copy"/log/* "$copy"/output_iso/log/* 2>/dev/null; then
 			grep -h -A3 "runtime error" "$copy"/log/* "$copy"/output_iso/log/* | head -20
 			record ubsan-log 0 1 1
