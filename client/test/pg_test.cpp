@@ -16,10 +16,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <chrono>
 #include <cstdio>
 #include <mutex>
 #include <thread>
+
+#include <lockext/lease_keeper.hpp>
 
 #include "test_support.hpp"
 
@@ -413,6 +416,64 @@ TEST(PgBouncer, NamedPreparedStatementsFailClearlyNeverWrongly)
         }
     }
     EXPECT_GT(errors, 0) << "expected named statements to clash through the pooler";
+}
+
+/* Sends one command to PgBouncer's admin console (simple query protocol only). */
+lockext::Result<void>
+pgbouncer_admin(const std::string &dsn, const char *command)
+{
+    PGconn *conn = PQconnectdb(dsn.c_str());
+    PGresult *res = PQexec(conn, command);
+    lockext::Result<void> out;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+        out = std::unexpected(std::string(PQerrorMessage(conn)));
+    PQclear(res);
+    PQfinish(conn);
+    return out;
+}
+
+/* A paused pooler is a network partition for the client: renews hang, each call ends
+ * at statement_timeout with "outcome unknown", and the keeper declares the lease lost
+ * when its known window ends. After RESUME the same plugin works again. */
+TEST(PgBouncer, PausedPoolerMakesTheKeeperGiveUpAtTheEndOfTheWindow)
+{
+    auto admin = env("LOCKEXT_TEST_PGBOUNCER_ADMIN_DSN");
+    if (!admin)
+        GTEST_SKIP() << "LOCKEXT_TEST_PGBOUNCER_ADMIN_DSN is not set";
+    PgOptions options;
+    options.prepared_statements = false;
+    options.statement_timeout = 200ms;
+    PG_PLUGIN_OR_SKIP(pg, options, "LOCKEXT_TEST_PGBOUNCER_DSN");
+    const auto before = std::chrono::steady_clock::now();
+    auto h = pg->try_lock(key(), 900);
+    ASSERT_TRUE(h && h->has_value()) << (h ? "contention" : h.error());
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::string reason;
+    lockext::LeaseKeeper keeper(*pg, **h, [&](const std::string &why) {
+        std::lock_guard g(mutex);
+        reason = why;
+        cv.notify_all();
+    }, {}, before);
+
+    ASSERT_TRUE(pgbouncer_admin(*admin, "PAUSE postgres").has_value());
+    {
+        std::unique_lock lock(mutex);
+        EXPECT_TRUE(cv.wait_for(lock, 3s, [&] { return !reason.empty(); }));
+    }
+    const auto lost_at = std::chrono::steady_clock::now();
+    ASSERT_TRUE(pgbouncer_admin(*admin, "RESUME postgres").has_value());
+    EXPECT_TRUE(keeper.lost());
+    EXPECT_LT(lost_at, keeper.valid_until() + 1s) << "reported long after the window";
+    EXPECT_TRUE(contains(reason, "lease ran out")) << reason;
+    EXPECT_TRUE(contains(reason, "statement_timeout")) << reason;
+    keeper.stop();
+
+    auto after = pg->try_lock(key("after"), 1000);
+    for (int i = 0; i < 3 && !after; ++i) // calls queued behind the pause may still time out
+        after = pg->try_lock(key("after"), 1000);
+    ASSERT_TRUE(after && after->has_value()) << (after ? "contention" : after.error());
+    EXPECT_TRUE(pg->release(**after).has_value());
 }
 
 /* The example: the second instance, started after the first's TTL has passed once,

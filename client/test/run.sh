@@ -128,6 +128,7 @@ listen_port = $BPORT
 unix_socket_dir =
 auth_type = trust
 auth_file = $WORK/pgb/users.txt
+admin_users = postgres
 pool_mode = transaction
 default_pool_size = 2
 max_client_conn = 200
@@ -144,6 +145,7 @@ for _ in $(seq 1 50); do
 done
 BOUNCER_PID=$(cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null)
 export LOCKEXT_TEST_PGBOUNCER_DSN="host=127.0.0.1 port=$BPORT dbname=postgres user=postgres"
+export LOCKEXT_TEST_PGBOUNCER_ADMIN_DSN="host=127.0.0.1 port=$BPORT dbname=pgbouncer user=postgres"
 "$PGBIN/psql" "$LOCKEXT_TEST_PGBOUNCER_DSN" -qAtc 'SELECT 1' >>"$LOG" 2>&1 ||
     die "cannot connect through pgbouncer"
 say "server on port $PORT, pgbouncer on port $BPORT"
