@@ -171,10 +171,10 @@ TEST_P(Conformance, ReleaseTwiceAndReleaseOfAnotherKeysIdSucceed)
 TEST_P(Conformance, RenewExtendsTheLease)
 {
     const std::string k = key();
-    LockHandle h = grant(k, 300);
-    std::this_thread::sleep_for(200ms);
+    LockHandle h = grant(k, 600);
+    std::this_thread::sleep_for(400ms);
     ASSERT_TRUE(m_plugin->renew(h).has_value());
-    std::this_thread::sleep_for(200ms); // 400 ms after the grant, 200 ms after the renew
+    std::this_thread::sleep_for(400ms); // 800 ms after the grant, 400 ms after the renew
     EXPECT_TRUE(contended(k)) << "the renewed lease must still be held";
     EXPECT_TRUE(m_plugin->release(h).has_value());
 }
@@ -194,9 +194,9 @@ TEST_P(Conformance, RenewWithAForeignLockIdFailsAndLeavesTheHolder)
 TEST_P(Conformance, LeaseExpiresAfterItsTtl)
 {
     const std::string k = key();
-    LockHandle h = grant(k, 100);
+    LockHandle h = grant(k, 300);
     EXPECT_TRUE(contended(k));
-    std::this_thread::sleep_for(200ms);
+    std::this_thread::sleep_for(400ms);
     LockHandle next = grant(k, 30000);
     EXPECT_GT(next.fence, h.fence);
     EXPECT_TRUE(m_plugin->release(next).has_value());
@@ -343,15 +343,15 @@ TEST_P(Conformance, SixteenThreadsNeverOverlap)
     RecordProperty("contentions", contentions.load());
 }
 
-/* The lease keeper keeps a 300 ms lease for three TTLs and releases it at the end. */
+/* The lease keeper keeps a 450 ms lease for more than two TTLs and releases it. */
 TEST_P(Conformance, KeeperHoldsTheLeaseWellPastItsTtl)
 {
     const std::string k = key();
     const auto before = std::chrono::steady_clock::now();
-    LockHandle h = grant(k, 300);
+    LockHandle h = grant(k, 450);
     std::atomic<int> calls{0};
     lockext::LeaseKeeper keeper(*m_plugin, h, [&](const std::string &) { ++calls; }, {}, before);
-    std::this_thread::sleep_for(900ms);
+    std::this_thread::sleep_for(1200ms);
     EXPECT_FALSE(keeper.lost()) << keeper.lost_reason().value_or("");
     EXPECT_TRUE(contended(k)) << "the keeper must have renewed the lease";
     EXPECT_GT(keeper.valid_until(), std::chrono::steady_clock::now());

@@ -357,9 +357,20 @@ TEST(PgBackend, StatementTimeoutIsAnErrorWithUnknownOutcome)
     lockext::Result<std::string> stalled;
     std::thread stall([&] {
         stalled = query_raw(
-            *dsn, "SELECT lockext_test_stall(lockext_test_partition_of($1), 1500, false)", k);
+            *dsn, "SELECT lockext_test_stall(lockext_test_partition_of($1), 2000, false)", k);
     });
-    std::this_thread::sleep_for(300ms); // let the stall take the partition lock
+    // Wait until the stall holds the partition lock (it waits with wait_event_type
+    // 'Extension' while holding it).
+    const std::string waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                                "'Extension' AND query LIKE $1";
+    bool holding = false;
+    for (int i = 0; i < 100 && !holding; ++i)
+    {
+        holding = query_raw(*dsn, waiting, "%lockext_test_stall%").value_or("0") != "0";
+        if (!holding)
+            std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_TRUE(holding) << "the stall hook did not start";
     PgOptions options;
     options.statement_timeout = 300ms;
     PgLockingPlugin pg(*dsn, options);
