@@ -1,0 +1,367 @@
+#!/usr/bin/env bash
+# bench/run.sh: lockext against the PostgreSQL alternatives and the protocol's floor,
+# measured side by side on one machine in one run.
+#
+#   bench/run.sh --smoke          # ~2 s per cell, one run: checks every cell works (CI)
+#   bench/run.sh                  # full: 10 s per cell, 3 runs, medians
+#   options: --runs N  --duration S  --profile (callgrind of the in-server loop)
+#            --out DIR (default bench/results; smoke: bench/results-smoke)  --keep (keep the scratch dir)
+#
+# Run as root on Debian 12 after the top-level `make install` (extension + client library).
+# It installs missing Debian packages, starts its own PostgreSQL 15 (as the postgres user,
+# lockext preloaded), PgBouncer (transaction pooling) and redis-server on 127.0.0.1, runs
+# every cell with a time bound, stops what it started, prints one table, writes
+# results.csv (medians), raw.csv (every run) and results.png, and ends with
+# "N passed, M failed" (a cell passes when it ran and measured a positive rate).
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+PGBIN=/usr/lib/postgresql/15/bin
+
+SMOKE=0 RUNS= DURATION= PROFILE=0 OUT= KEEP=0
+while [ $# -gt 0 ]; do
+	case $1 in
+	--smoke) SMOKE=1 ;;
+	--runs) RUNS=$2; shift ;;
+	--duration) DURATION=$2; shift ;;
+	--profile) PROFILE=1 ;;
+	--out) OUT=$2; shift ;;
+	--keep) KEEP=1 ;;
+	-h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+	*) echo "unknown option $1" >&2; exit 2 ;;
+	esac
+	shift
+done
+if [ $SMOKE = 1 ]; then
+	: "${RUNS:=1}" "${DURATION:=2}" "${OUT:=$HERE/results-smoke}"
+	INSERVER_N=100000 SCALE_N=50000
+else
+	: "${RUNS:=3}" "${DURATION:=10}" "${OUT:=$HERE/results}"
+	INSERVER_N=1000000 SCALE_N=200000
+fi
+MAX_LOCKS=1000000        # lockext.max_locks of the benchmark server
+SCALE_FILL=999000        # live leases in the "full" scale point (1000 slots stay free for the cycles)
+SMALL_LOCKS=10000        # second size for the shared-memory-per-slot measurement
+BOUNCER_POOL=8           # PgBouncer default_pool_size (server connections behind 32 clients)
+T0=$SECONDS
+
+say() { printf '[bench %4ds] %s\n' $((SECONDS - T0)) "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root: it installs packages and runs PostgreSQL as the postgres user"
+
+# ---- 1. packages ------------------------------------------------------------------
+need=()
+for p in postgresql-15 postgresql-client-15 pgbouncer redis-server gnuplot-nox g++ pkg-config libpq-dev; do
+	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+[ $PROFILE = 1 ] && { dpkg -s valgrind >/dev/null 2>&1 || need+=(valgrind); }
+if [ ${#need[@]} -gt 0 ]; then
+	say "installing ${need[*]}"
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; } >/dev/null 2>&1 ||
+		die "apt-get install ${need[*]} failed"
+fi
+[ -f "$($PGBIN/pg_config --pkglibdir)/lockext.so" ] || die "lockext is not installed: run 'make install' at the top level first"
+pkg-config --exists lockext-client || die "lockext-client.pc not found: run 'make install' at the top level first"
+
+# ---- 2. scratch dir, drivers --------------------------------------------------------
+WORK=$(mktemp -d /tmp/lockext-bench.XXXXXX)
+chmod 755 "$WORK"
+mkdir -p "$WORK/bin" "$WORK/sql" "$WORK/out" "$WORK/redis" "$WORK/pgb" "$OUT"
+PG_STARTED=0 BOUNCER_PID= REDIS_PID=
+cleanup() {
+	[ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null
+	[ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null
+	[ $PG_STARTED = 1 ] && runuser -u postgres -- $PGBIN/pg_ctl -D "$WORK/data" -m fast -w stop >/dev/null 2>&1
+	if [ $KEEP = 1 ]; then say "scratch dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "building the drivers"
+g++ -std=c++23 -O2 -o "$WORK/bin/client_bench" "$HERE/client_bench.cpp" \
+	$(pkg-config --cflags --libs lockext-client) -pthread 2>"$WORK/build.log" || { cat "$WORK/build.log" >&2; die "client_bench build failed"; }
+g++ -std=c++17 -O2 -o "$WORK/bin/redis_lock" "$HERE/redis_lock.cpp" -pthread 2>>"$WORK/build.log" ||
+	{ cat "$WORK/build.log" >&2; die "redis_lock build failed"; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port) BPORT=$(free_port) RPORT=$(free_port)
+
+# ---- 3. servers ---------------------------------------------------------------------
+cp "$HERE"/sql/*.sql "$WORK/sql/"
+for t in lease_logged lease_unlogged; do sed "s/@TABLE@/$t/g" "$HERE/sql/lease.sql.in" >"$WORK/sql/$t.sql"; done
+chown -R postgres:postgres "$WORK"
+
+say "initdb and start PostgreSQL 15 on 127.0.0.1:$PORT"
+runuser -u postgres -- $PGBIN/initdb -D "$WORK/data" -A trust -U postgres --no-sync >"$WORK/initdb.log" 2>&1 ||
+	{ cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+cat >>"$WORK/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$WORK'
+max_connections = 120
+shared_buffers = 256MB
+shared_preload_libraries = 'lockext'
+lockext.max_locks = $MAX_LOCKS
+lockext.max_ttl_ms = 3600000
+lockext.save = off
+CONF
+pg_start() {
+	runuser -u postgres -- $PGBIN/pg_ctl -D "$WORK/data" -l "$WORK/pg.log" -w -t 120 start "$@" >/dev/null 2>&1 ||
+		{ tail -20 "$WORK/pg.log" >&2; die "PostgreSQL failed to start"; }
+	PG_STARTED=1
+}
+pg_stop() {
+	runuser -u postgres -- $PGBIN/pg_ctl -D "$WORK/data" -m fast -w -t 120 stop >/dev/null 2>&1
+	PG_STARTED=0
+}
+pg_start
+DSN="host=127.0.0.1 port=$PORT dbname=postgres user=postgres"
+psqlc() { $PGBIN/psql "$DSN" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+psqlc <<'SQL' || die "setup SQL failed"
+CREATE EXTENSION lockext;
+CREATE TABLE lease_logged (key text PRIMARY KEY, lock_id uuid NOT NULL, expires_at timestamptz NOT NULL);
+CREATE UNLOGGED TABLE lease_unlogged (key text PRIMARY KEY, lock_id uuid NOT NULL, expires_at timestamptz NOT NULL);
+SQL
+
+say "start PgBouncer (transaction pooling) on 127.0.0.1:$BPORT"
+echo '"postgres" ""' >"$WORK/pgb/users.txt"
+cat >"$WORK/pgb/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BPORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/pgb/users.txt
+pool_mode = transaction
+default_pool_size = $BOUNCER_POOL
+max_client_conn = 200
+logfile = $WORK/pgb/pgbouncer.log
+pidfile = $WORK/pgb/pgbouncer.pid
+INI
+chown -R postgres:postgres "$WORK/pgb"
+runuser -u postgres -- /usr/sbin/pgbouncer -d "$WORK/pgb/pgbouncer.ini" >/dev/null 2>&1 || die "pgbouncer failed to start"
+for _ in $(seq 50); do [ -s "$WORK/pgb/pgbouncer.pid" ] && break; sleep 0.1; done
+BOUNCER_PID=$(cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null)
+BDSN="host=127.0.0.1 port=$BPORT dbname=postgres user=postgres"
+$PGBIN/psql "$BDSN" -X -qAtc 'SELECT 1' >/dev/null 2>&1 || die "cannot connect through PgBouncer"
+
+say "start redis-server on 127.0.0.1:$RPORT (save \"\", appendonly no)"
+chown postgres:postgres "$WORK/redis"
+runuser -u postgres -- redis-server --bind 127.0.0.1 --port "$RPORT" --save "" --appendonly no \
+	--daemonize yes --dir "$WORK/redis" --pidfile "$WORK/redis/redis.pid" --logfile "$WORK/redis/redis.log" >/dev/null 2>&1 ||
+	die "redis-server failed to start"
+for _ in $(seq 50); do [ -s "$WORK/redis/redis.pid" ] && break; sleep 0.1; done
+REDIS_PID=$(cat "$WORK/redis/redis.pid" 2>/dev/null)
+redis-cli -p "$RPORT" ping >/dev/null 2>&1 || die "cannot reach redis-server"
+
+# ---- 4. cells -----------------------------------------------------------------------
+# raw.csv: run,workload,path,clients,ops_s,lat_us,grants_s,rt_per_op,floor
+RAW="$WORK/raw.csv"
+echo "run,workload,path,clients,ops_s,lat_us,grants_s,rt_per_op,floor" >"$RAW"
+PASSED=0 FAILED=0 FAILED_CELLS=()
+record() { # run workload path clients ops lat grants rt floor
+	echo "$1,$2,$3,$4,$5,$6,$7,$8,$9" >>"$RAW"
+	if awk -v x="$5" 'BEGIN { exit !(x > 0) }'; then PASSED=$((PASSED + 1)); else
+		FAILED=$((FAILED + 1)); FAILED_CELLS+=("$2/$3/$4 (run $1)"); fi
+}
+xact_commits() { psqlc -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"; }
+lockext_acquired() { psqlc -c "SELECT acquired FROM lockext_stats"; }
+
+# pgbench_cell RUN WORKLOAD SCRIPT PATH(direct|pgbouncer) CLIENTS HOT(0|1) FLOOR BASE_RT
+# BASE_RT: round trips of a granted cycle. Grants of hot-key cells are counted from the
+# server (lockext_stats.acquired for lockext; for the others the commits of the database:
+# every statement is its own transaction, a refused attempt makes 1, a granted one BASE_RT).
+pgbench_cell() {
+	local run=$1 wl=$2 script=$3 path=$4 c=$5 hot=$6 floor=$7 rt=$8
+	local dsn=$DSN mode=prepared j=$(( $5 < 2 ? 1 : 2 )) lo=1 hi=100000 out="$WORK/out/$wl-$path-$c-$run.txt"
+	[ "$path" = pgbouncer ] && { dsn=$BDSN; mode=extended; }
+	[ "$hot" = 1 ] && { lo=0; hi=0; }
+	local x0= a0=
+	if [ "$hot" = 1 ]; then x0=$(xact_commits); a0=$(lockext_acquired); fi
+	timeout $((DURATION + 60)) $PGBIN/pgbench "$dsn" -n -M $mode -c "$c" -j "$j" -T "$DURATION" \
+		-D lo=$lo -D hi=$hi -f "$WORK/sql/$script" >"$out" 2>&1
+	local rc=$?
+	local tps lat n grants=
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | tail -1)
+	lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$out")
+	n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
+	if [ $rc != 0 ] || grep -q 'aborted\|error' "$out"; then
+		say "cell $wl/$path/$c failed (rc $rc):"; grep -i 'error\|abort' "$out" | head -3 >&2; tps=0
+	fi
+	: "${tps:=0}" "${lat:=0}" "${n:=0}"
+	local rtop=$rt
+	if [ "$hot" = 1 ] && [ "$n" -gt 0 ]; then
+		sleep 0.3 # the pgbench backends flush their statistics as they exit
+		local g
+		if [[ $wl == lockext* ]]; then
+			g=$(( $(lockext_acquired) - a0 ))
+		else
+			g=$(( ($(xact_commits) - x0 - n - 2) / (rt - 1) ))
+			[ $g -lt 0 ] && g=0
+		fi
+		grants=$(awk -v g=$g -v n=$n -v t=$tps 'BEGIN { printf "%.1f", g / n * t }')
+		rtop=$(awk -v g=$g -v n=$n -v rt=$rt 'BEGIN { printf "%.4f", 1 + (rt - 1) * g / n }')
+	fi
+	record "$run" "$wl" "$path" "$c" "$tps" "$(awk -v l=$lat 'BEGIN { printf "%.1f", l * 1000 }')" "$grants" "$rtop" "$floor"
+	say "run $run  $(printf '%-22s %-9s %2s' "$wl" "$path" "$c")  $(printf '%10.0f' "$tps") ops/s${grants:+  grants $grants/s}"
+}
+
+# driver_cell RUN WORKLOAD PATH CLIENTS FLOOR COMMAND...: a driver that prints ops_per_s= etc.
+driver_cell() {
+	local run=$1 wl=$2 path=$3 c=$4 floor=$5
+	shift 5
+	local out="$WORK/out/$wl-$path-$c-$run.txt"
+	timeout $((DURATION + 60)) "$@" >"$out" 2>&1
+	local rc=$? ops lat g n rtop grants=
+	ops=$(sed -n 's/.*ops_per_s=\([0-9.]*\).*/\1/p' "$out")
+	lat=$(sed -n 's/.*avg_latency_us=\([0-9.]*\).*/\1/p' "$out")
+	n=$(sed -n 's/.*cycles=\([0-9]*\).*/\1/p' "$out")
+	g=$(sed -n 's/.*grants=\([0-9]*\).*/\1/p' "$out")
+	if [ $rc != 0 ] || [ -z "$ops" ]; then say "cell $wl/$path/$c failed (rc $rc):"; head -3 "$out" >&2; ops=0; fi
+	: "${ops:=0}" "${lat:=0}" "${n:=0}" "${g:=0}"
+	rtop=$(awk -v g=$g -v n=$n 'BEGIN { printf "%.4f", (n > 0) ? 1 + g / n : 2 }')
+	[[ $wl == *hot* ]] && grants=$(awk -v g=$g -v n=$n -v t=$ops 'BEGIN { printf "%.1f", (n > 0) ? g / n * t : 0 }')
+	record "$run" "$wl" "$path" "$c" "$ops" "$lat" "$grants" "$rtop" "$floor"
+	say "run $run  $(printf '%-22s %-9s %2s' "$wl" "$path" "$c")  $(printf '%10.0f' "$ops") ops/s${grants:+  grants $grants/s}"
+}
+
+say "warm-up (not recorded)"
+for w in floor2.sql lockext.sql; do
+	$PGBIN/pgbench "$DSN" -n -M prepared -c 8 -j 2 -T 1 -D lo=1 -D hi=100000 -f "$WORK/sql/$w" >/dev/null 2>&1
+done
+for run in $(seq 1 "$RUNS"); do
+	say "---- run $run of $RUNS ($DURATION s per cell)"
+	for c in 1 8 32; do
+		pgbench_cell $run floor2             floor2.sql         direct $c 0 floor2 2
+		pgbench_cell $run shape              shape.sql          direct $c 0 floor2 2
+		pgbench_cell $run lockext            lockext.sql        direct $c 0 floor2 2
+		pgbench_cell $run lockext_hot        lockext.sql        direct $c 1 floor2 2
+		pgbench_cell $run advisory           advisory.sql       direct $c 0 floor2 2
+		pgbench_cell $run advisory_hot       advisory.sql       direct $c 1 floor2 2
+		pgbench_cell $run lease_unlogged     lease_unlogged.sql direct $c 0 floor2 2
+		pgbench_cell $run lease_unlogged_hot lease_unlogged.sql direct $c 1 floor2 2
+		pgbench_cell $run lease_logged       lease_logged.sql   direct $c 0 floor2 2
+		pgbench_cell $run lease_logged_hot   lease_logged.sql   direct $c 1 floor2 2
+		pgbench_cell $run floor3             floor3.sql         direct $c 0 floor3 3
+		pgbench_cell $run lockext_renew      lockext_renew.sql  direct $c 0 floor3 3
+		driver_cell  $run client_pg          client  $c floor2 "$WORK/bin/client_bench" pg "$c" "$DURATION" "$DSN"
+		driver_cell  $run client_memory      client  $c floor2 "$WORK/bin/client_bench" memory "$c" "$DURATION"
+		driver_cell  $run redis              redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$DURATION"
+		driver_cell  $run redis_hot          redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$DURATION" 100000 1
+	done
+	pgbench_cell $run floor2             floor2.sql         pgbouncer 32 0 floor2 2
+	pgbench_cell $run lockext            lockext.sql        pgbouncer 32 0 floor2 2
+	pgbench_cell $run lockext_hot        lockext.sql        pgbouncer 32 1 floor2 2
+	pgbench_cell $run advisory_txn       advisory_txn.sql   pgbouncer 32 0 floor2 4
+	pgbench_cell $run lease_unlogged     lease_unlogged.sql pgbouncer 32 0 floor2 2
+	psqlc -c "TRUNCATE lease_logged, lease_unlogged" -c "CHECKPOINT" >/dev/null
+done
+
+# ---- 5. in-server cost -----------------------------------------------------------------
+# sql_ms SQL: server time of one statement in ms (psql \timing), after checking its result.
+sql_ms() {
+	local out
+	out=$(printf '\\timing on\n%s\n' "$1" | psqlc 2>&1) || { echo "$out" >&2; echo 0; return; }
+	echo "$out" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1
+}
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+REPS=$(( SMOKE == 1 ? 1 : 5 ))
+LOCK_SQL="SELECT count(release(h.key, h.lock_id)) FROM generate_series(1, %d) g, LATERAL try_lock('%s' || g, 60000) h"
+LOCKH_SQL="SELECT count(release(h)) FROM generate_series(1, %d) g, LATERAL try_lock('%s' || g, 60000) h"
+BASE_SQL="SELECT count(int4abs(h)) FROM generate_series(1, %d) g, LATERAL textlen('%s' || g) h"
+# inserver RUN-LABEL N PREFIX: records the net µs per try_lock+release pair (lockext minus trivial)
+inserver() {
+	local label=$1 n=$2 prefix=$3 lock base i check
+	check=$(psqlc -c "$(printf "$LOCK_SQL" "$n" "$prefix")")
+	[ "$check" = "$n" ] || say "in-server check: expected $n releases, got '$check'"
+	lock=$(for i in $(seq $REPS); do sql_ms "$(printf "$LOCK_SQL" "$n" "$prefix")"; done | median)
+	base=$(for i in $(seq $REPS); do sql_ms "$(printf "$BASE_SQL" "$n" "$prefix")"; done | median)
+	[ "$check" = "$n" ] || lock=0
+	local us_lock us_base us_net
+	us_lock=$(awk -v t=$lock -v n=$n 'BEGIN { printf "%.3f", t * 1000 / n }')
+	us_base=$(awk -v t=$base -v n=$n 'BEGIN { printf "%.3f", t * 1000 / n }')
+	us_net=$(awk -v a=$us_lock -v b=$us_base 'BEGIN { printf "%.3f", a - b }')
+	record 1 "${label}_gross" inserver 1 "$(awk -v u=$us_lock 'BEGIN { printf "%.1f", (u > 0) ? 1e6 / u : 0 }')" "$us_lock" "" 1 ""
+	record 1 "${label}_trivial" inserver 1 "$(awk -v u=$us_base 'BEGIN { printf "%.1f", (u > 0) ? 1e6 / u : 0 }')" "$us_base" "" 1 ""
+	record 1 "${label}_net" inserver 1 "$(awk -v u=$us_net -v l=$lock 'BEGIN { printf "%.1f", (u > 0 && l > 0) ? 1e6 / u : 0 }')" "$us_net" "" 1 ""
+	say "in-server $label: $us_lock µs per pair, trivial $us_base µs, net $us_net µs ($n pairs, median of $REPS)"
+}
+say "in-server cost: $INSERVER_N try_lock+release pairs in one statement"
+inserver pair "$INSERVER_N" k
+HMS=$(for i in $(seq $REPS); do sql_ms "$(printf "$LOCKH_SQL" "$INSERVER_N" k)"; done | median)
+HUS=$(awk -v t=$HMS -v n=$INSERVER_N 'BEGIN { printf "%.3f", t * 1000 / n }')
+record 1 pair_handle_gross inserver 1 "$(awk -v u=$HUS 'BEGIN { printf "%.1f", (u > 0) ? 1e6 / u : 0 }')" "$HUS" "" 1 ""
+say "in-server, release(h) whole-handle form: $HUS µs per pair (gross)"
+
+# ---- 6. scale: 1k vs 999k live leases (lockext.max_locks = 1,000,000) --------------------
+say "scale: 1000 live leases"
+psqlc -c "SELECT count(try_lock('fill-' || g, 3600000)) FROM generate_series(1, 1000) g" >/dev/null
+inserver scale_1k "$SCALE_N" s
+say "scale: filling to $SCALE_FILL live leases"
+psqlc -c "SELECT count(try_lock('fill-' || g, 3600000)) FROM generate_series(1001, $SCALE_FILL) g" >/dev/null
+LIVE=$(psqlc -c "SELECT leases FROM lockext_stats")
+say "scale: $LIVE live leases"
+inserver scale_999k "$SCALE_N" s
+pgbench_cell 1 lockext_999k_live lockext.sql direct 8 0 floor2 2
+
+# ---- 7. shared memory per slot ------------------------------------------------------------
+SHMEM_SQL="SELECT sum(allocated_size) FROM pg_shmem_allocations WHERE name IS NOT NULL"
+KEYLEN=$(psqlc -c "SHOW lockext.max_key_length")
+SH_BIG=$(psqlc -c "$SHMEM_SQL")
+pg_stop
+pg_start -o "-c lockext.max_locks=$SMALL_LOCKS"
+SH_SMALL=$(psqlc -c "$SHMEM_SQL")
+PER_SLOT=$(awk -v a=$SH_BIG -v b=$SH_SMALL -v n=$((MAX_LOCKS - SMALL_LOCKS)) 'BEGIN { printf "%.1f", (a - b) / n }')
+psqlc -c "SELECT name, allocated_size FROM pg_shmem_allocations WHERE name ILIKE '%lockext%' ORDER BY 2 DESC" >"$WORK/shmem_small.txt"
+pg_stop
+record 1 shmem_per_slot inserver 1 "$PER_SLOT" "" "" "" ""
+say "shared memory: $SH_BIG B at max_locks=$MAX_LOCKS, $SH_SMALL B at $SMALL_LOCKS: $PER_SLOT B per slot (max_key_length $KEYLEN)"
+
+# ---- 8. profile (optional) ----------------------------------------------------------------
+if [ $PROFILE = 1 ]; then
+	say "callgrind: single-user backend running 100000 pairs and the trivial statement"
+	for what in lock base; do
+		if [ $what = lock ]; then q=$(printf "$LOCK_SQL" 100000 p); else q=$(printf "$BASE_SQL" 100000 p); fi
+		echo "$q" >"$WORK/profile-$what.sql"
+		chown postgres "$WORK/profile-$what.sql"
+		(cd "$WORK" && runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.$what" \
+			--trace-children=no $PGBIN/postgres --single -D "$WORK/data" -c lockext.max_locks=$SMALL_LOCKS \
+			-c lockext.recovery_grace_ms=0 postgres \
+			<"$WORK/profile-$what.sql" >"$WORK/profile-$what.log" 2>&1)
+	done
+	total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }'; }
+	IL=$(total "$WORK/callgrind.lock") IB=$(total "$WORK/callgrind.base")
+	{
+		echo "callgrind, single-user backend, 100000 pairs: $(printf "$LOCK_SQL" 100000 p)"
+		echo "total instructions: lockext statement $IL, trivial statement $IB"
+		echo "net instructions per try_lock+release pair: $(( (IL - IB) / 100000 ))"
+		echo
+		echo "== call trees under the lockext entry points (inclusive Ir, calls)"
+		callgrind_annotate --inclusive=yes --tree=calling "$WORK/callgrind.lock" 2>/dev/null |
+			awk '/^ *[0-9,]+ .*\*  .*(lockext_try_lock|lockext_release|pg_strong_random|LockextGrant|LockextRelease) \[/ { p = 1 }
+			     p && /^$/ { p = 0; print "" } p { print }'
+		echo "== inclusive, top 60"
+		callgrind_annotate --inclusive=yes "$WORK/callgrind.lock" 2>/dev/null | sed -n '20,80p'
+		echo "== exclusive, top 40"
+		callgrind_annotate "$WORK/callgrind.lock" 2>/dev/null | sed -n '20,60p'
+	} >"$OUT/profile.txt"
+	cp "$WORK/callgrind.lock" "$WORK/callgrind.base" "$OUT/" 2>/dev/null
+	say "profile written to $OUT/profile.txt"
+fi
+
+# ---- 9. report ----------------------------------------------------------------------------
+cp "$RAW" "$OUT/raw.csv"
+cp "$WORK/shmem_small.txt" "$OUT/shmem_lockext_entries.txt" 2>/dev/null
+python3 "$HERE/report.py" "$OUT/raw.csv" "$OUT" \
+	"mode=$([ $SMOKE = 1 ] && echo smoke || echo full) runs=$RUNS duration=${DURATION}s max_locks=$MAX_LOCKS max_key_length=$KEYLEN bouncer_pool=$BOUNCER_POOL shmem_big=$SH_BIG shmem_small=$SH_SMALL" ||
+	say "report.py failed"
+if command -v gnuplot >/dev/null && [ -s "$OUT/plot.dat" ]; then
+	(cd "$OUT" && gnuplot "$HERE/plot.gp" 2>"$WORK/gnuplot.log") || say "gnuplot failed: $(head -3 "$WORK/gnuplot.log")"
+fi
+[ -s "$OUT/results.png" ] || { FAILED=$((FAILED + 1)); FAILED_CELLS+=("plot"); }
+for f in "${FAILED_CELLS[@]}"; do say "failed: $f"; done
+say "done in $((SECONDS - T0)) s; results in $OUT"
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]
