@@ -43,6 +43,15 @@ struct LeaseKeeper::State {
     {
     }
 
+    /* handle.ttl_ms as a duration, capped (2^40 ms, ~35 years) so that time_point
+     * arithmetic cannot overflow for absurd values a plugin would reject anyway. */
+    std::chrono::milliseconds
+    ttl() const noexcept
+    {
+        constexpr std::uint64_t cap = std::uint64_t{1} << 40;
+        return std::chrono::milliseconds(static_cast<std::int64_t>(std::min(handle.ttl_ms, cap)));
+    }
+
     Clock::time_point
     deadline() const noexcept
     {
@@ -95,7 +104,7 @@ struct LeaseKeeper::State {
                 return;
             if (renewed && Clock::now() < deadline())
             {
-                valid_until = (invoked + std::chrono::milliseconds(handle.ttl_ms))
+                valid_until = (invoked + ttl())
                                   .time_since_epoch()
                                   .count();
                 last_error.clear();
@@ -119,7 +128,7 @@ LeaseKeeper::LeaseKeeper(LockingPlugin &plugin, LockHandle handle, LostCallback 
     : m_state(std::make_unique<State>(plugin, std::move(handle), std::move(on_lost)))
 {
     using std::chrono::milliseconds;
-    const auto ttl = milliseconds(m_state->handle.ttl_ms);
+    const auto ttl = m_state->ttl();
     m_state->interval = options.interval.count() > 0
                             ? options.interval
                             : std::max(milliseconds(1), ttl / 3);

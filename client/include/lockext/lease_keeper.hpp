@@ -18,7 +18,8 @@
  * call late (PgOptions::statement_timeout bounds a pg renew).
  *
  * Thread safety: all methods may be called from any thread. Do not destroy the keeper
- * from inside on_lost. Destroying or stop()ping the keeper does not release the lease.
+ * from inside on_lost. Destroying or stop()ping the keeper does not release the lease;
+ * both wait for a renew in flight (bounded by the plugin's own timeouts).
  */
 #ifndef LOCKEXT_LEASE_KEEPER_HPP
 #define LOCKEXT_LEASE_KEEPER_HPP
