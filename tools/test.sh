@@ -6,13 +6,13 @@
 #
 #   tools/test.sh            all suites
 #   LOCKEXT_SUITES="regress isolation" tools/test.sh   a subset
-#     (unit regress isolation tap client ubsan)
+#     (unit regress isolation tap client checker bench ubsan)
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/tools/lib.sh"
 require_root
 
-suites=${LOCKEXT_SUITES:-"unit regress isolation tap client ubsan"}
+suites=${LOCKEXT_SUITES:-"unit regress isolation tap client checker bench ubsan"}
 passed=0
 failed=0
 started=$(date +%s)
@@ -105,16 +105,21 @@ if has_suite tap && ls "$copy"/test/t/*.pl >/dev/null 2>&1; then
 	run_tap_suite tap
 fi
 
-if has_suite client && [ -x "$top/client/test/run.sh" ]; then
-	log=$scratch/client.log
-	bash "$top/client/test/run.sh" >"$log" 2>&1
+# Suites with a runner script of their own that ends with "N passed, M failed"
+run_script_suite() {
+	local suite=$1 log=$scratch/$1.log rc last p f
+	shift
+	bash "$@" >"$log" 2>&1
 	rc=$?
 	last=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
-	[ "$rc" -ne 0 ] && tail -80 "$log"
+	if [ "$rc" -ne 0 ]; then tail -80 "$log"; else grep -E '^\|' "$log" | head -40; fi
 	p=$(echo "$last" | sed -nE 's/^([0-9]+) passed.*/\1/p')
 	f=$(echo "$last" | sed -nE 's/.* ([0-9]+) failed.*/\1/p')
-	record client "${p:-0}" "${f:-0}" "$rc"
-fi
+	record "$suite" "${p:-0}" "${f:-0}" "$rc"
+}
+has_suite client && run_script_suite client "$top/client/test/run.sh"
+has_suite checker && run_script_suite checker "$top/test/checker/run.sh"
+has_suite bench && run_script_suite bench-smoke "$top/bench/run.sh" --smoke
 
 # The extension built with UndefinedBehaviorSanitizer (any hit aborts the
 # backend), installed for the regress and isolation suites, then the normal
