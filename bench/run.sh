@@ -4,7 +4,8 @@
 #
 #   bench/run.sh --smoke          # ~2 s per cell, one run: checks every cell works (CI)
 #   bench/run.sh                  # full: 10 s per cell, 3 runs, medians
-#   options: --runs N  --duration S  --profile (callgrind of the in-server loop)
+#   options: --runs N  --duration S (per cell and run)  --slice S (round-robin slice, default 2)
+#            --profile (callgrind of the in-server loop)
 #            --out DIR (default bench/results; smoke: bench/results-smoke)  --keep (keep the scratch dir)
 #
 # Run as root on Debian 12 after the top-level `make install` (extension + client library).
@@ -17,12 +18,13 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 PGBIN=/usr/lib/postgresql/15/bin
 
-SMOKE=0 RUNS= DURATION= PROFILE=0 OUT= KEEP=0
+SMOKE=0 RUNS= DURATION= SLICE= PROFILE=0 OUT= KEEP=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	--smoke) SMOKE=1 ;;
 	--runs) RUNS=$2; shift ;;
 	--duration) DURATION=$2; shift ;;
+	--slice) SLICE=$2; shift ;;
 	--profile) PROFILE=1 ;;
 	--out) OUT=$2; shift ;;
 	--keep) KEEP=1 ;;
@@ -32,10 +34,10 @@ while [ $# -gt 0 ]; do
 	shift
 done
 if [ $SMOKE = 1 ]; then
-	: "${RUNS:=1}" "${DURATION:=2}" "${OUT:=$HERE/results-smoke}"
+	: "${RUNS:=1}" "${DURATION:=2}" "${SLICE:=2}" "${OUT:=$HERE/results-smoke}"
 	INSERVER_N=100000 SCALE_N=50000
 else
-	: "${RUNS:=3}" "${DURATION:=10}" "${OUT:=$HERE/results}"
+	: "${RUNS:=3}" "${DURATION:=10}" "${SLICE:=2}" "${OUT:=$HERE/results}"
 	INSERVER_N=1000000 SCALE_N=200000
 fi
 MAX_LOCKS=1000000        # lockext.max_locks of the benchmark server
@@ -169,6 +171,14 @@ record() { # run workload path clients ops lat grants rt floor
 xact_commits() { psqlc -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"; }
 lockext_acquired() { psqlc -c "SELECT acquired FROM lockext_stats"; }
 
+# Cells run in slices of $SLICE seconds, round-robin: every workload of one concurrency
+# gets one slice, then the next round starts, until each has had $DURATION seconds. On a
+# shared, noisy machine this spreads the noise over all workloads alike, so the ratios
+# taken within a run compare like with like. Every slice appends a row to $SLICES:
+#   run,workload,path,clients,cycles,seconds,grants(-1 = not counted),lat_ms,base_rt,floor,ok
+SLICES="$WORK/slices.csv"
+: >"$SLICES"
+
 # pgbench_cell RUN WORKLOAD SCRIPT PATH(direct|pgbouncer) CLIENTS HOT(0|1) FLOOR BASE_RT
 # BASE_RT: round trips of a granted cycle. Grants of hot-key cells are counted from the
 # server (lockext_stats.acquired for lockext; for the others the commits of the database:
@@ -180,82 +190,105 @@ pgbench_cell() {
 	[ "$hot" = 1 ] && { lo=0; hi=0; }
 	local x0= a0=
 	if [ "$hot" = 1 ]; then x0=$(xact_commits); a0=$(lockext_acquired); fi
-	timeout $((DURATION + 60)) $PGBIN/pgbench "$dsn" -n -M $mode -c "$c" -j "$j" -T "$DURATION" \
+	timeout $((SLICE + 60)) $PGBIN/pgbench "$dsn" -n -M $mode -c "$c" -j "$j" -T "$SLICE" \
 		-D lo=$lo -D hi=$hi -f "$WORK/sql/$script" >"$out" 2>&1
-	local rc=$?
-	local tps lat n grants=
+	local rc=$? ok=1 tps lat n g=-1
 	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | tail -1)
 	lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$out")
 	n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
 	if [ $rc != 0 ] || grep -q 'aborted\|error' "$out"; then
-		say "cell $wl/$path/$c failed (rc $rc):"; grep -i 'error\|abort' "$out" | head -3 >&2; tps=0
+		say "cell $wl/$path/$c failed (rc $rc):"; grep -i 'error\|abort' "$out" | head -3 >&2; ok=0
 	fi
 	: "${tps:=0}" "${lat:=0}" "${n:=0}"
-	local rtop=$rt
 	if [ "$hot" = 1 ] && [ "$n" -gt 0 ]; then
-		sleep 0.3 # the pgbench backends flush their statistics as they exit
-		local g
 		if [[ $wl == lockext* ]]; then
 			g=$(( $(lockext_acquired) - a0 ))
 		else
+			sleep 0.3 # the pgbench backends flush their statistics as they exit
 			g=$(( ($(xact_commits) - x0 - n - 2) / (rt - 1) ))
 			[ $g -lt 0 ] && g=0
 		fi
-		grants=$(awk -v g=$g -v n=$n -v t=$tps 'BEGIN { printf "%.1f", g / n * t }')
-		rtop=$(awk -v g=$g -v n=$n -v rt=$rt 'BEGIN { printf "%.4f", 1 + (rt - 1) * g / n }')
 	fi
-	record "$run" "$wl" "$path" "$c" "$tps" "$(awk -v l=$lat 'BEGIN { printf "%.1f", l * 1000 }')" "$grants" "$rtop" "$floor"
-	say "run $run  $(printf '%-22s %-9s %2s' "$wl" "$path" "$c")  $(printf '%10.0f' "$tps") ops/s${grants:+  grants $grants/s}"
+	echo "$run,$wl,$path,$c,$n,$(awk -v n=$n -v t=$tps 'BEGIN { printf "%.4f", (t > 0) ? n / t : 0 }'),$g,$lat,$rt,$floor,$ok" >>"$SLICES"
 }
 
-# driver_cell RUN WORKLOAD PATH CLIENTS FLOOR COMMAND...: a driver that prints ops_per_s= etc.
+# driver_cell RUN WORKLOAD PATH CLIENTS FLOOR COMMAND...: a driver that prints cycles= etc.
+# (its duration argument is $SLICE). Grants are always counted; a granted cycle is 2 round trips.
 driver_cell() {
 	local run=$1 wl=$2 path=$3 c=$4 floor=$5
 	shift 5
 	local out="$WORK/out/$wl-$path-$c-$run.txt"
-	timeout $((DURATION + 60)) "$@" >"$out" 2>&1
-	local rc=$? ops lat g n rtop grants=
-	ops=$(sed -n 's/.*ops_per_s=\([0-9.]*\).*/\1/p' "$out")
+	timeout $((SLICE + 60)) "$@" >"$out" 2>&1
+	local rc=$? ok=1 secs lat g n
+	secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' "$out")
 	lat=$(sed -n 's/.*avg_latency_us=\([0-9.]*\).*/\1/p' "$out")
 	n=$(sed -n 's/.*cycles=\([0-9]*\).*/\1/p' "$out")
 	g=$(sed -n 's/.*grants=\([0-9]*\).*/\1/p' "$out")
-	if [ $rc != 0 ] || [ -z "$ops" ]; then say "cell $wl/$path/$c failed (rc $rc):"; head -3 "$out" >&2; ops=0; fi
-	: "${ops:=0}" "${lat:=0}" "${n:=0}" "${g:=0}"
-	rtop=$(awk -v g=$g -v n=$n 'BEGIN { printf "%.4f", (n > 0) ? 1 + g / n : 2 }')
-	[[ $wl == *hot* ]] && grants=$(awk -v g=$g -v n=$n -v t=$ops 'BEGIN { printf "%.1f", (n > 0) ? g / n * t : 0 }')
-	record "$run" "$wl" "$path" "$c" "$ops" "$lat" "$grants" "$rtop" "$floor"
-	say "run $run  $(printf '%-22s %-9s %2s' "$wl" "$path" "$c")  $(printf '%10.0f' "$ops") ops/s${grants:+  grants $grants/s}"
+	if [ $rc != 0 ] || [ -z "$n" ]; then say "cell $wl/$path/$c failed (rc $rc):"; head -3 "$out" >&2; ok=0; fi
+	: "${secs:=0}" "${lat:=0}" "${n:=0}" "${g:=0}"
+	echo "$run,$wl,$path,$c,$n,$secs,$g,$(awk -v l=$lat 'BEGIN { printf "%.4f", l / 1000 }'),2,$floor,$ok" >>"$SLICES"
+}
+
+# aggregate: turns the slices collected so far into one raw.csv row per cell, then empties
+# $SLICES. ops/s = cycles / seconds over all slices; latency weighted by cycles; hot-key
+# cells also get grants/s and the round trips per attempt (1 + (base - 1) x grants / attempts).
+aggregate() {
+	local run wl path c ops lat grants rtop floor ok
+	while IFS=, read -r run wl path c ops lat grants rtop floor ok; do
+		[ "$ok" = 1 ] || ops=0
+		record "$run" "$wl" "$path" "$c" "$ops" "$lat" "$grants" "$rtop" "$floor"
+		say "run $run  $(printf '%-22s %-9s %2s' "$wl" "$path" "$c")  $(printf '%10.0f' "$ops") ops/s${grants:+  grants $grants/s}"
+	done < <(awk -F, '
+		{ k = $1 "," $2 "," $3 "," $4; if (!(k in n)) { order[++m] = k }
+		  n[k] += $5; t[k] += $6; lw[k] += $8 * $5; rt[k] = $9; fl[k] = $10
+		  if ($7 >= 0) { g[k] += $7; counted[k] = 1 }
+		  if (!(k in ok)) ok[k] = 1; if ($11 != 1 || $5 == 0) ok[k] = 0 }
+		END { for (i = 1; i <= m; i++) { k = order[i]
+		  split(k, f, ",")
+		  ops = t[k] > 0 ? n[k] / t[k] : 0; lat = n[k] > 0 ? 1000 * lw[k] / n[k] : 0
+		  gs = ""; rtop = rt[k]
+		  if (counted[k] && n[k] > 0) { rtop = sprintf("%.4f", 1 + (rt[k] - 1) * g[k] / n[k])
+		    if (f[2] ~ /hot/) gs = sprintf("%.1f", g[k] / t[k]) }
+		  printf "%s,%.1f,%.1f,%s,%s,%s,%d\n", k, ops, lat, gs, rtop, fl[k], ok[k] } }' "$SLICES")
+	: >"$SLICES"
 }
 
 say "warm-up (not recorded)"
 for w in floor2.sql lockext.sql; do
 	$PGBIN/pgbench "$DSN" -n -M prepared -c 8 -j 2 -T 1 -D lo=1 -D hi=100000 -f "$WORK/sql/$w" >/dev/null 2>&1
 done
+ROUNDS=$(( DURATION / SLICE )); [ "$ROUNDS" -ge 1 ] || ROUNDS=1
 for run in $(seq 1 "$RUNS"); do
-	say "---- run $run of $RUNS ($DURATION s per cell)"
+	say "---- run $run of $RUNS ($ROUNDS rounds of $SLICE s per cell)"
 	for c in 1 8 32; do
-		pgbench_cell $run floor2             floor2.sql         direct $c 0 floor2 2
-		pgbench_cell $run shape              shape.sql          direct $c 0 floor2 2
-		pgbench_cell $run lockext            lockext.sql        direct $c 0 floor2 2
-		pgbench_cell $run lockext_hot        lockext.sql        direct $c 1 floor2 2
-		pgbench_cell $run advisory           advisory.sql       direct $c 0 floor2 2
-		pgbench_cell $run advisory_hot       advisory.sql       direct $c 1 floor2 2
-		pgbench_cell $run lease_unlogged     lease_unlogged.sql direct $c 0 floor2 2
-		pgbench_cell $run lease_unlogged_hot lease_unlogged.sql direct $c 1 floor2 2
-		pgbench_cell $run lease_logged       lease_logged.sql   direct $c 0 floor2 2
-		pgbench_cell $run lease_logged_hot   lease_logged.sql   direct $c 1 floor2 2
-		pgbench_cell $run floor3             floor3.sql         direct $c 0 floor3 3
-		pgbench_cell $run lockext_renew      lockext_renew.sql  direct $c 0 floor3 3
-		driver_cell  $run client_pg          client  $c floor2 "$WORK/bin/client_bench" pg "$c" "$DURATION" "$DSN"
-		driver_cell  $run client_memory      client  $c floor2 "$WORK/bin/client_bench" memory "$c" "$DURATION"
-		driver_cell  $run redis              redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$DURATION"
-		driver_cell  $run redis_hot          redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$DURATION" 100000 1
+		for round in $(seq 1 $ROUNDS); do
+			pgbench_cell $run floor2             floor2.sql         direct $c 0 floor2 2
+			pgbench_cell $run shape              shape.sql          direct $c 0 floor2 2
+			pgbench_cell $run lockext            lockext.sql        direct $c 0 floor2 2
+			pgbench_cell $run lockext_hot        lockext.sql        direct $c 1 floor2 2
+			pgbench_cell $run advisory           advisory.sql       direct $c 0 floor2 2
+			pgbench_cell $run advisory_hot       advisory.sql       direct $c 1 floor2 2
+			pgbench_cell $run lease_unlogged     lease_unlogged.sql direct $c 0 floor2 2
+			pgbench_cell $run lease_unlogged_hot lease_unlogged.sql direct $c 1 floor2 2
+			pgbench_cell $run lease_logged       lease_logged.sql   direct $c 0 floor2 2
+			pgbench_cell $run lease_logged_hot   lease_logged.sql   direct $c 1 floor2 2
+			pgbench_cell $run floor3             floor3.sql         direct $c 0 floor3 3
+			pgbench_cell $run lockext_renew      lockext_renew.sql  direct $c 0 floor3 3
+			driver_cell  $run client_pg          client  $c floor2 "$WORK/bin/client_bench" pg "$c" "$SLICE" "$DSN"
+			driver_cell  $run client_memory      client  $c floor2 "$WORK/bin/client_bench" memory "$c" "$SLICE"
+			driver_cell  $run redis              redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$SLICE"
+			driver_cell  $run redis_hot          redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$SLICE" 100000 1
+		done
+		aggregate
 	done
-	pgbench_cell $run floor2             floor2.sql         pgbouncer 32 0 floor2 2
-	pgbench_cell $run lockext            lockext.sql        pgbouncer 32 0 floor2 2
-	pgbench_cell $run lockext_hot        lockext.sql        pgbouncer 32 1 floor2 2
-	pgbench_cell $run advisory_txn       advisory_txn.sql   pgbouncer 32 0 floor2 4
-	pgbench_cell $run lease_unlogged     lease_unlogged.sql pgbouncer 32 0 floor2 2
+	for round in $(seq 1 $ROUNDS); do
+		pgbench_cell $run floor2             floor2.sql         pgbouncer 32 0 floor2 2
+		pgbench_cell $run lockext            lockext.sql        pgbouncer 32 0 floor2 2
+		pgbench_cell $run lockext_hot        lockext.sql        pgbouncer 32 1 floor2 2
+		pgbench_cell $run advisory_txn       advisory_txn.sql   pgbouncer 32 0 floor2 4
+		pgbench_cell $run lease_unlogged     lease_unlogged.sql pgbouncer 32 0 floor2 2
+	done
+	aggregate
 	psqlc -c "TRUNCATE lease_logged, lease_unlogged" -c "CHECKPOINT" >/dev/null
 done
 
@@ -304,7 +337,10 @@ psqlc -c "SELECT count(try_lock('fill-' || g, 3600000)) FROM generate_series(100
 LIVE=$(psqlc -c "SELECT leases FROM lockext_stats")
 say "scale: $LIVE live leases"
 inserver scale_999k "$SCALE_N" s
-pgbench_cell 1 lockext_999k_live lockext.sql direct 8 0 floor2 2
+for round in $(seq 1 $ROUNDS); do
+	pgbench_cell 1 lockext_999k_live lockext.sql direct 8 0 floor2 2
+done
+aggregate
 
 # ---- 7. shared memory per slot ------------------------------------------------------------
 SHMEM_SQL="SELECT sum(allocated_size) FROM pg_shmem_allocations WHERE name IS NOT NULL"
@@ -355,7 +391,7 @@ fi
 cp "$RAW" "$OUT/raw.csv"
 cp "$WORK/shmem_small.txt" "$OUT/shmem_lockext_entries.txt" 2>/dev/null
 python3 "$HERE/report.py" "$OUT/raw.csv" "$OUT" \
-	"mode=$([ $SMOKE = 1 ] && echo smoke || echo full) runs=$RUNS duration=${DURATION}s max_locks=$MAX_LOCKS max_key_length=$KEYLEN bouncer_pool=$BOUNCER_POOL shmem_big=$SH_BIG shmem_small=$SH_SMALL" ||
+	"mode=$([ $SMOKE = 1 ] && echo smoke || echo full) lockext.so=$(md5sum "$($PGBIN/pg_config --pkglibdir)/lockext.so" | cut -c1-8) client=$(md5sum "$(pkg-config --variable=libdir lockext-client)/liblockext-client.so" 2>/dev/null | cut -c1-8) runs=$RUNS duration=${DURATION}s max_locks=$MAX_LOCKS max_key_length=$KEYLEN bouncer_pool=$BOUNCER_POOL shmem_big=$SH_BIG shmem_small=$SH_SMALL" ||
 	say "report.py failed"
 if command -v gnuplot >/dev/null && [ -s "$OUT/plot.dat" ]; then
 	(cd "$OUT" && gnuplot "$HERE/plot.gp" 2>"$WORK/gnuplot.log") || say "gnuplot failed: $(head -3 "$WORK/gnuplot.log")"
