@@ -26,9 +26,12 @@ one_line(const char *text)
 namespace {
 
 /*
- * False if an idle connection is known to be unusable: the server closed it (restart,
- * pg_terminate_backend, idle timeout of a pooler) or it is not idle. Costs one poll(2)
- * with zero timeout; an idle connection normally has nothing to read.
+ * False if an idle connection should not be reused. An idle connection of this pool has
+ * nothing to read: the client never LISTENs and never leaves a query running. Anything
+ * readable is the server going away (a FATAL such as 57P01 at shutdown followed by EOF,
+ * pg_terminate_backend, a pooler closing it) or, rarely, a NOTICE/ParameterStatus; the
+ * connection is dropped in every case (libpq would report a buffered FATAL only as the
+ * result of the next query). Costs one poll(2) with zero timeout.
  */
 bool
 looks_alive(PGconn *conn) noexcept
@@ -39,13 +42,7 @@ looks_alive(PGconn *conn) noexcept
     if (pfd.fd < 0)
         return false;
     int ready = poll(&pfd, 1, 0);
-    if (ready == 0)
-        return true;
-    if (ready < 0)
-        return errno == EINTR;
-    if (PQconsumeInput(conn) == 0)
-        return false;
-    return PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_IDLE;
+    return ready == 0 || (ready < 0 && errno == EINTR);
 }
 
 void

@@ -572,7 +572,10 @@ protected:
     bool m_stopped = false;
 };
 
-TEST_F(PgServerControl, RestartMidUseCostsAtMostOneFailedCall)
+/* After a clean restart the pooled connections are dead; the pool notices that before
+ * reuse (the FATAL and EOF the old backends sent are already in the sockets), so on
+ * loopback no call fails at all. */
+TEST_F(PgServerControl, RestartMidUseCostsNoFailedCall)
 {
     for (bool prepared : {true, false})
     {
@@ -588,8 +591,13 @@ TEST_F(PgServerControl, RestartMidUseCostsAtMostOneFailedCall)
             t.join();
         stop();
         start();
-        expect_grant_within_two_calls(pg);
-        expect_grant_within_two_calls(pg);
+        for (int i = 0; i < 4; ++i)
+        {
+            auto r = pg.try_lock(key("after"), 1000);
+            ASSERT_TRUE(r.has_value()) << "call " << i << " after the restart: " << r.error();
+            ASSERT_TRUE(r->has_value());
+            EXPECT_TRUE(pg.release(**r).has_value());
+        }
     }
 }
 
