@@ -3,14 +3,17 @@
  *     History generator for the mutual-exclusion and fencing checker (testing.md §2.6).
  *
  * N threads share one lockext::PgLockingPlugin (the library's pool, one connection per
- * thread). Each thread loops until --seconds have passed:
+ * thread); --procs forks several such processes (run.sh starts them separately instead, so
+ * it can SIGSTOP one). Each thread loops until --seconds have passed:
  *
  *     try_lock(key, ttl)  ->  granted: "work" for a random time, optionally renewing at
  *                             ttl/3 like the lease keeper (stop at the first failed renew),
  *                             then release
  *                         ->  contention / error: back off a little, try again
  *
- * Some work times are longer than the TTL (clients that overrun their lease). Every call
+ * The TTL of each try_lock is log-uniform in [--ttl-min-ms, --ttl-ms]; work takes a random
+ * share of it, and --overrun-pct of the holders work 100..150 % of their TTL (clients that
+ * overrun their lease). Every call
  * is logged as one JSON object per line when it completes, with CLOCK_MONOTONIC
  * nanoseconds taken just before the call (invoke_ns) and just after it (complete_ns):
  * the same clock the server measures expiry on, so histories of several processes on one
@@ -43,6 +46,7 @@
 #include <utility>
 #include <vector>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace {
@@ -52,6 +56,7 @@ struct Config {
     std::string out = "-";
     std::string key_prefix = "checker";
     int proc = 0;
+    int procs = 1;          /* fork this many driver processes, ids proc..proc+procs-1 */
     int threads = 4;
     int keys = 2;
     std::uint64_t ttl_ms = 2000;      /* longest TTL asked for */
@@ -352,7 +357,7 @@ usage(const char *argv0)
                  "    [--work-max-pct P] [--overrun-pct P] [--renew-pct P] [--backoff-max-ms N]\n"
                  "    [--error-sleep-ms N]"
                  " [--seconds S] [--prepared 0|1] [--pool-size N] [--statement-timeout-ms N]\n"
-                 "    [--connect-timeout-s N] [--acquire-timeout-ms N] [--seed N]\n",
+                 "    [--connect-timeout-s N] [--acquire-timeout-ms N] [--seed N] [--procs N]\n",
                  argv0);
     std::exit(2);
 }
@@ -373,6 +378,7 @@ parse(int argc, char **argv)
         else if (a == "--out") c.out = v;
         else if (a == "--key-prefix") c.key_prefix = v;
         else if (a == "--proc") c.proc = static_cast<int>(num());
+        else if (a == "--procs") c.procs = static_cast<int>(num());
         else if (a == "--threads") c.threads = static_cast<int>(num());
         else if (a == "--keys") c.keys = static_cast<int>(num());
         else if (a == "--ttl-ms") c.ttl_ms = static_cast<std::uint64_t>(num());
@@ -392,7 +398,11 @@ parse(int argc, char **argv)
         else if (a == "--seed") c.seed = static_cast<std::uint64_t>(num());
         else usage(argv[0]);
     }
-    if (c.threads < 1 || c.keys < 1 || c.ttl_ms < 1 || c.seconds <= 0)
+    if (c.procs > 1 && c.out == "-") {
+        std::fprintf(stderr, "--procs needs --out FILE (process i writes FILE.p<i>)\n");
+        std::exit(2);
+    }
+    if (c.procs < 1 || c.threads < 1 || c.keys < 1 || c.ttl_ms < 1 || c.seconds <= 0)
         usage(argv[0]);
     if (c.ttl_min_ms == 0 || c.ttl_min_ms > c.ttl_ms)
         c.ttl_min_ms = c.ttl_ms;
@@ -406,7 +416,36 @@ parse(int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-    const Config cfg = parse(argc, argv);
+    Config cfg = parse(argc, argv);
+    if (cfg.procs > 1) {
+        /* several processes: fork before any thread or connection exists */
+        std::vector<pid_t> children;
+        const int first = cfg.proc;
+        const std::string out = cfg.out;
+        for (int i = 0; i < cfg.procs; ++i) {
+            const pid_t pid = fork();
+            if (pid < 0) {
+                std::perror("fork");
+                return 2;
+            }
+            if (pid == 0) {
+                cfg.proc = first + i;
+                cfg.out = out + ".p" + std::to_string(cfg.proc);
+                cfg.procs = 1;
+                break;
+            }
+            children.push_back(pid);
+        }
+        if (cfg.procs > 1) {
+            int failed = 0;
+            for (pid_t pid : children) {
+                int status = 0;
+                if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                    failed++;
+            }
+            return failed == 0 ? 0 : 1;
+        }
+    }
     lockext::PgOptions options;
     options.pool_size = static_cast<std::size_t>(cfg.pool_size > 0 ? cfg.pool_size : cfg.threads);
     options.prepared_statements = cfg.prepared;

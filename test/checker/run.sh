@@ -69,14 +69,23 @@ stop_pgbouncer() {
 	return 0
 }
 
+kill_tree() { # a process we started and its descendants (by pid: a nemesis loop's pg_ctl, sleep...)
+	local child
+	kill -STOP "$1" 2>/dev/null
+	for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$child"; done
+	kill -KILL "$1" 2>/dev/null
+	kill -CONT "$1" 2>/dev/null
+}
+
 cleanup() {
-	local pid
+	local pid i
 	trap - EXIT INT TERM
-	for pid in "${BG_PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null; done
+	for pid in "${BG_PIDS[@]}"; do kill_tree "$pid"; done
 	[ "$PGB_STARTED" = 1 ] && stop_pgbouncer
-	if [ -f "$PGDATA/postmaster.pid" ]; then
-		as_pg "$PG_BIN/pg_ctl" stop -D "$PGDATA" -m immediate -w >/dev/null 2>&1
-	fi
+	for i in 1 2 3; do # again if a killed nemesis' pg_ctl restart was starting it
+		[ -f "$PGDATA/postmaster.pid" ] || break
+		as_pg "$PG_BIN/pg_ctl" stop -D "$PGDATA" -m immediate -w >/dev/null 2>&1 || sleep 1
+	done
 	if [ "$KEEP" = 1 ]; then say "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -226,8 +235,8 @@ RESULTS=()
 PASSED=0
 FAILED=0
 
-run_case() { # name
-	local name=$1 conninfo prepared=1 expect=clean i pid stop nem_pid events rc row
+run_case() { # name, file prefix
+	local name=$1 f=$WORK/$2 conninfo prepared=1 expect=clean i pid stop nem_pid events rc row
 	local -a dargs drivers=()
 	local t0=$SECONDS log_off
 	log_off=$(stat -c %s "$PGLOG" 2>/dev/null || echo 0)
@@ -243,32 +252,33 @@ run_case() { # name
 		prepared=0
 		;;
 	selftest)
-		# grace off: the server now grants keys that pre-crash holders still believe
-		# they own; the checker must see it. Fixed TTL 2 s, work up to 1.5 s.
+		# grace off: after a crash the server grants keys that pre-crash holders still
+		# believe they own; the checker must see it. Fixed TTL 2 s, holders work 1-2 s
+		# (so a crash usually finds a holder with a long window left), 20 % renew.
 		expect=violations
-		dargs=(--keys 2 --threads 4 --ttl-ms 2000 --work-min-pct 25 --work-max-pct 75
-			--overrun-pct 0 --renew-pct 30)
+		dargs=(--keys 2 --threads "$THREADS" --ttl-ms 2000 --work-min-pct 50 --work-max-pct 100
+			--overrun-pct 0 --renew-pct 20)
 		"${PSQL[@]}" -c 'ALTER SYSTEM SET lockext.recovery_grace_ms = 0' -c 'SELECT pg_reload_conf()' >/dev/null
 		;;
 	esac
 	for i in $(seq "$PROCS"); do
 		"$DRIVER" --conninfo "$conninfo" --prepared "$prepared" --proc "$i" \
-			--key-prefix "ck-$name-$$" --seconds "$RUN_SECONDS" "${dargs[@]}" \
-			--out "$WORK/$name.p$i.jsonl" 2>>"$WORK/$name.driver.log" &
+			--key-prefix "ck-$2-$$" --seconds "$RUN_SECONDS" "${dargs[@]}" \
+			--out "$f.p$i.jsonl" 2>>"$f.driver.log" &
 		drivers+=($!)
 	done
 	BG_PIDS=("${drivers[@]}")
-	stop=$WORK/$name.stop
+	stop=$f.stop
 	case $name in
 	none) nem_pid= ;;
-	kill) nemesis_kill "$stop" 3000 5000 >"$WORK/$name.nemesis.log" 2>&1 & nem_pid=$! ;;
-	selftest) nemesis_kill "$stop" 2000 3000 >"$WORK/$name.nemesis.log" 2>&1 & nem_pid=$! ;;
-	restart) nemesis_restart "$stop" >"$WORK/$name.nemesis.log" 2>&1 & nem_pid=$! ;;
-	pause) nemesis_pause "$stop" "${drivers[@]}" >"$WORK/$name.nemesis.log" 2>&1 & nem_pid=$! ;;
-	pgbouncer) nemesis_pgbouncer "$stop" >"$WORK/$name.nemesis.log" 2>&1 & nem_pid=$! ;;
+	kill) nemesis_kill "$stop" 3000 5000 >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
+	selftest) nemesis_kill "$stop" 2000 3000 >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
+	restart) nemesis_restart "$stop" >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
+	pause) nemesis_pause "$stop" "${drivers[@]}" >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
+	pgbouncer) nemesis_pgbouncer "$stop" >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
 	esac
 	[ -n "$nem_pid" ] && BG_PIDS+=("$nem_pid")
-	touch "$WORK/$name.nemesis.log"
+	touch "$f.nemesis.log"
 
 	# wait for the drivers (they stop by themselves); the nemesis stops when they are done
 	local hung=0 deadline=$((SECONDS + RUN_SECONDS + 60))
@@ -289,20 +299,20 @@ run_case() { # name
 		for pid in "${drivers[@]}"; do kill -CONT "$pid" 2>/dev/null; done
 	fi
 	BG_PIDS=()
-	events=$(grep -vc 'FAILED\|no backend' "$WORK/$name.nemesis.log")
+	events=$(grep -vc 'FAILED\|no backend' "$f.nemesis.log")
 	[ "$name" = pgbouncer ] && stop_pgbouncer
 	[ "$name" = selftest ] && "${PSQL[@]}" -c 'ALTER SYSTEM RESET lockext.recovery_grace_ms' \
 		-c 'SELECT pg_reload_conf()' >/dev/null 2>&1
 	wait_ready || say "the server did not come back after run $name"
 
-	python3 "$HERE/check.py" --label "$name" --json "$WORK/$name.json" --examples 3 \
-		"$WORK/$name".p*.jsonl >"$WORK/$name.check.log" 2>&1
+	python3 "$HERE/check.py" --label "$name" --json "$f.json" --examples 3 \
+		"$f".p*.jsonl >"$f.check.log" 2>&1
 	rc=$?
 	# server processes that died of anything but the nemesis' SIGKILL
 	local crashes
 	crashes=$(tail -c +"$((log_off + 1))" "$PGLOG" | grep -c 'terminated by signal [^9]\|PANIC\|TRAP:')
 
-	row=$(python3 - "$WORK/$name.json" "$name" "$expect" "$rc" "$hung" "$events" "$crashes" "$((SECONDS - t0))" <<'EOF'
+	row=$(python3 - "$f.json" "$name" "$expect" "$rc" "$hung" "$events" "$crashes" "$((SECONDS - t0))" <<'EOF'
 import json, sys
 path, name, expect, rc, hung, events, crashes, secs = sys.argv[1:]
 try:
@@ -330,16 +340,18 @@ EOF
 	*$'\t'PASS) PASSED=$((PASSED + 1)) ;;
 	*) FAILED=$((FAILED + 1)) ;;
 	esac
-	sed 's/^/  /' "$WORK/$name.check.log"
-	say "  nemesis events: $events; $(grep '^driver p' "$WORK/$name.driver.log" | tr '\n' ' ')"
+	sed 's/^/  /' "$f.check.log"
+	say "  nemesis events: $events; $(grep '^driver p' "$f.driver.log" | tr '\n' ' ')"
 	say "  => ${row##*$'\t'}"
 }
 
 say "lockext checker: ${#RUNS[@]} runs x ${RUN_SECONDS}s, $PROCS driver processes x $THREADS threads, $KEYS keys, max ttl ${MAX_TTL} ms (grace = max ttl), port $PORT"
 T_START=$SECONDS
+n=0
 for r in "${RUNS[@]}"; do
+	n=$((n + 1))
 	say "== $r"
-	run_case "$r"
+	run_case "$r" "$(printf '%02d' "$n")-$r"
 done
 
 say ""
