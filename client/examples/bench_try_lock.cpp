@@ -21,40 +21,42 @@
 int
 main(int argc, char **argv)
 {
-    if (argc < 2)
-    {
-        std::fprintf(stderr, "usage: %s <conninfo> [threads] [seconds] [prepared]\n", argv[0]);
-        return 2;
-    }
-    const int threads = argc > 2 ? std::atoi(argv[2]) : 4;
-    const int seconds = argc > 3 ? std::atoi(argv[3]) : 3;
-    lockext::PgOptions options;
-    options.pool_size = static_cast<std::size_t>(threads);
-    options.prepared_statements = argc > 4 ? std::atoi(argv[4]) != 0 : true;
-    lockext::PgLockingPlugin locks(argv[1], options);
+	if (argc < 2)
+	{
+		std::fprintf(stderr, "usage: %s <conninfo> [threads] [seconds] [prepared]\n", argv[0]);
+		return 2;
+	}
+	const int threads = argc > 2 ? std::atoi(argv[2]) : 4;
+	const int seconds = argc > 3 ? std::atoi(argv[3]) : 3;
+	lockext::PgOptions options;
+	options.pool_size = static_cast<std::size_t>(threads);
+	options.prepared_statements = argc > 4 ? std::atoi(argv[4]) != 0 : true;
+	lockext::PgLockingPlugin locks(argv[1], options);
 
-    std::atomic<long> ops{0}, errors{0};
-    const auto stop = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
-            const std::string prefix = "bench-" + std::to_string(::getpid()) + "-" +
-                                       std::to_string(t) + "-";
-            for (long i = 0; std::chrono::steady_clock::now() < stop; ++i)
-            {
-                auto h = locks.try_lock(prefix + std::to_string(i % 16), 10000);
-                if (!h || !h->has_value() || !locks.release(**h))
-                {
-                    ++errors;
-                    continue;
-                }
-                ++ops;
-            }
-        });
-    for (auto &t : pool)
-        t.join();
-    std::printf("%d threads, %s statements: %.0f try_lock+release/s (%ld ok, %ld errors)\n",
-                threads, options.prepared_statements ? "prepared" : "unnamed",
-                static_cast<double>(ops.load()) / seconds, ops.load(), errors.load());
-    return errors.load() == 0 ? 0 : 1;
+	std::atomic<long> ops{0}, errors{0};
+	const auto stop = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+	std::vector<std::thread> pool;
+	for (int t = 0; t < threads; ++t)
+		pool.emplace_back(
+			[&, t]
+			{
+				const std::string prefix =
+					"bench-" + std::to_string(::getpid()) + "-" + std::to_string(t) + "-";
+				for (long i = 0; std::chrono::steady_clock::now() < stop; ++i)
+				{
+					auto h = locks.try_lock(prefix + std::to_string(i % 16), 10000);
+					if (!h || !h->has_value() || !locks.release(**h))
+					{
+						++errors;
+						continue;
+					}
+					++ops;
+				}
+			});
+	for (auto &t : pool)
+		t.join();
+	std::printf("%d threads, %s statements: %.0f try_lock+release/s (%ld ok, %ld errors)\n",
+				threads, options.prepared_statements ? "prepared" : "unnamed",
+				static_cast<double>(ops.load()) / seconds, ops.load(), errors.load());
+	return errors.load() == 0 ? 0 : 1;
 }

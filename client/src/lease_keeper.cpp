@@ -17,174 +17,171 @@
 
 #include "validate.hpp"
 
-namespace lockext {
+namespace lockext
+{
 
 using Clock = LeaseKeeper::Clock;
 
-struct LeaseKeeper::State {
-    LockingPlugin &plugin;
-    const LockHandle handle;
-    const LostCallback on_lost;
-    Clock::duration interval;
-    Clock::duration retry_interval;
+struct LeaseKeeper::State
+{
+	LockingPlugin &plugin;
+	const LockHandle handle;
+	const LostCallback on_lost;
+	Clock::duration interval;
+	Clock::duration retry_interval;
 
-    std::atomic<bool> lost{false};
-    std::atomic<Clock::rep> valid_until; // Clock::time_point, as ticks since its epoch
+	std::atomic<bool> lost{false};
+	std::atomic<Clock::rep> valid_until; // Clock::time_point, as ticks since its epoch
 
-    mutable std::mutex mutex;
-    std::condition_variable cv;
-    bool stopping = false;      // guarded by mutex
-    std::string reason;         // guarded by mutex
-    std::string last_error;     // guarded by mutex
-    std::thread thread;
+	mutable std::mutex mutex;
+	std::condition_variable cv;
+	bool stopping = false;  // guarded by mutex
+	std::string reason;     // guarded by mutex
+	std::string last_error; // guarded by mutex
+	std::thread thread;
 
-    State(LockingPlugin &p, LockHandle h, LostCallback cb)
-        : plugin(p), handle(std::move(h)), on_lost(std::move(cb))
-    {
-    }
+	State(LockingPlugin &p, LockHandle h, LostCallback cb)
+		: plugin(p), handle(std::move(h)), on_lost(std::move(cb))
+	{
+	}
 
-    /* handle.ttl_ms as a duration, capped (2^40 ms, ~35 years) so that time_point
-     * arithmetic cannot overflow for absurd values a plugin would reject anyway. */
-    std::chrono::milliseconds
-    ttl() const noexcept
-    {
-        constexpr std::uint64_t cap = std::uint64_t{1} << 40;
-        return std::chrono::milliseconds(static_cast<std::int64_t>(std::min(handle.ttl_ms, cap)));
-    }
+	/* handle.ttl_ms as a duration, capped (2^40 ms, ~35 years) so that time_point
+	 * arithmetic cannot overflow for absurd values a plugin would reject anyway. */
+	std::chrono::milliseconds ttl() const noexcept
+	{
+		constexpr std::uint64_t cap = std::uint64_t{1} << 40;
+		return std::chrono::milliseconds(static_cast<std::int64_t>(std::min(handle.ttl_ms, cap)));
+	}
 
-    Clock::time_point
-    deadline() const noexcept
-    {
-        return Clock::time_point(Clock::duration(valid_until.load()));
-    }
+	Clock::time_point deadline() const noexcept
+	{
+		return Clock::time_point(Clock::duration(valid_until.load()));
+	}
 
-    /* Marks the lease lost and runs the callback; caller holds lock, which is
-     * released for the callback and not re-acquired. */
-    void
-    declare_lost(std::unique_lock<std::mutex> &lock, std::string why)
-    {
-        reason = std::move(why);
-        lost = true;
-        const std::string copy = reason;
-        lock.unlock();
-        if (on_lost)
-            on_lost(copy);
-    }
+	/* Marks the lease lost and runs the callback; caller holds lock, which is
+	 * released for the callback and not re-acquired. */
+	void declare_lost(std::unique_lock<std::mutex> &lock, std::string why)
+	{
+		reason = std::move(why);
+		lost = true;
+		const std::string copy = reason;
+		lock.unlock();
+		if (on_lost)
+			on_lost(copy);
+	}
 
-    std::string
-    ran_out() const
-    {
-        std::string why = "lease ran out: no successful renew of '" + handle.key +
-                          "' within its ttl_ms (" + std::to_string(handle.ttl_ms) + " ms)";
-        if (!last_error.empty())
-            why += "; last error: " + last_error;
-        return why;
-    }
+	std::string ran_out() const
+	{
+		std::string why = "lease ran out: no successful renew of '" + handle.key +
+						  "' within its ttl_ms (" + std::to_string(handle.ttl_ms) + " ms)";
+		if (!last_error.empty())
+			why += "; last error: " + last_error;
+		return why;
+	}
 
-    void
-    run()
-    {
-        std::unique_lock lock(mutex);
-        auto next = Clock::now() + interval;
-        while (!stopping)
-        {
-            cv.wait_until(lock, std::min(next, deadline()), [&] { return stopping; });
-            if (stopping)
-                return;
-            if (Clock::now() >= deadline())
-                return declare_lost(lock, ran_out());
-            if (Clock::now() < next)
-                continue;
+	void run()
+	{
+		std::unique_lock lock(mutex);
+		auto next = Clock::now() + interval;
+		while (!stopping)
+		{
+			cv.wait_until(lock, std::min(next, deadline()), [&] { return stopping; });
+			if (stopping)
+				return;
+			if (Clock::now() >= deadline())
+				return declare_lost(lock, ran_out());
+			if (Clock::now() < next)
+				continue;
 
-            lock.unlock();
-            const auto invoked = Clock::now();
-            auto renewed = plugin.renew(handle);
-            lock.lock();
-            if (stopping)
-                return;
-            if (renewed && Clock::now() < deadline())
-            {
-                valid_until = (invoked + ttl())
-                                  .time_since_epoch()
-                                  .count();
-                last_error.clear();
-                next = invoked + interval;
-            }
-            else if (!renewed && detail::is_lock_lost(renewed.error()))
-                return declare_lost(lock, renewed.error());
-            else if (!renewed)
-            {
-                last_error = renewed.error();
-                next = Clock::now() + retry_interval;
-            }
-            // else: the renew succeeded only after the known window ended; the loop
-            // top declares the lease lost.
-        }
-    }
+			lock.unlock();
+			const auto invoked = Clock::now();
+			auto renewed = plugin.renew(handle);
+			lock.lock();
+			if (stopping)
+				return;
+			if (renewed && Clock::now() < deadline())
+			{
+				valid_until = (invoked + ttl()).time_since_epoch().count();
+				last_error.clear();
+				next = invoked + interval;
+			}
+			else if (!renewed && detail::is_lock_lost(renewed.error()))
+				return declare_lost(lock, renewed.error());
+			else if (!renewed)
+			{
+				last_error = renewed.error();
+				next = Clock::now() + retry_interval;
+			}
+			// else: the renew succeeded only after the known window ended; the loop
+			// top declares the lease lost.
+		}
+	}
 };
 
 LeaseKeeper::LeaseKeeper(LockingPlugin &plugin, LockHandle handle, LostCallback on_lost,
-                         LeaseKeeperOptions options, std::optional<Clock::time_point> acquired_at)
-    : m_state(std::make_unique<State>(plugin, std::move(handle), std::move(on_lost)))
+						 LeaseKeeperOptions options, std::optional<Clock::time_point> acquired_at)
+	: m_state(std::make_unique<State>(plugin, std::move(handle), std::move(on_lost)))
 {
-    using std::chrono::milliseconds;
-    const auto ttl = m_state->ttl();
-    m_state->interval = options.interval.count() > 0
-                            ? options.interval
-                            : std::max(milliseconds(1), ttl / 3);
-    m_state->retry_interval = options.retry_interval.count() > 0
-                                  ? options.retry_interval
-                                  : std::max(milliseconds(10), ttl / 10);
-    m_state->valid_until = (acquired_at.value_or(Clock::now()) + ttl).time_since_epoch().count();
-    m_state->thread = std::thread([state = m_state.get()] { state->run(); });
+	using std::chrono::milliseconds;
+	const auto ttl = m_state->ttl();
+	m_state->interval =
+		options.interval.count() > 0 ? options.interval : std::max(milliseconds(1), ttl / 3);
+	m_state->retry_interval = options.retry_interval.count() > 0
+								  ? options.retry_interval
+								  : std::max(milliseconds(10), ttl / 10);
+	m_state->valid_until = (acquired_at.value_or(Clock::now()) + ttl).time_since_epoch().count();
+	m_state->thread = std::thread([state = m_state.get()] { state->run(); });
 }
 
-LeaseKeeper::~LeaseKeeper() { stop(); }
+LeaseKeeper::~LeaseKeeper()
+{
+	stop();
+}
 
 const LockHandle &
 LeaseKeeper::handle() const noexcept
 {
-    return m_state->handle;
+	return m_state->handle;
 }
 
 bool
 LeaseKeeper::lost() const noexcept
 {
-    return m_state->lost.load() || Clock::now() >= m_state->deadline();
+	return m_state->lost.load() || Clock::now() >= m_state->deadline();
 }
 
 std::optional<std::string>
 LeaseKeeper::lost_reason() const
 {
-    std::lock_guard guard(m_state->mutex);
-    if (!m_state->lost.load())
-        return std::nullopt;
-    return m_state->reason;
+	std::lock_guard guard(m_state->mutex);
+	if (!m_state->lost.load())
+		return std::nullopt;
+	return m_state->reason;
 }
 
 Clock::time_point
 LeaseKeeper::valid_until() const noexcept
 {
-    return m_state->deadline();
+	return m_state->deadline();
 }
 
 void
 LeaseKeeper::stop() noexcept
 {
-    {
-        std::lock_guard guard(m_state->mutex);
-        m_state->stopping = true;
-    }
-    m_state->cv.notify_all();
-    if (m_state->thread.joinable() && m_state->thread.get_id() != std::this_thread::get_id())
-        m_state->thread.join();
+	{
+		std::lock_guard guard(m_state->mutex);
+		m_state->stopping = true;
+	}
+	m_state->cv.notify_all();
+	if (m_state->thread.joinable() && m_state->thread.get_id() != std::this_thread::get_id())
+		m_state->thread.join();
 }
 
 Result<void>
 LeaseKeeper::release()
 {
-    stop();
-    return m_state->plugin.release(m_state->handle);
+	stop();
+	return m_state->plugin.release(m_state->handle);
 }
 
 } // namespace lockext

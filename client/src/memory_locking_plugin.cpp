@@ -21,75 +21,76 @@
 
 #include "validate.hpp"
 
-namespace lockext {
+namespace lockext
+{
 
-namespace {
+namespace
+{
 
 using Clock = std::chrono::steady_clock;
 
-struct Lease {
-    std::string lock_id;
-    std::int64_t fence;
-    Clock::time_point expires_at;
+struct Lease
+{
+	std::string lock_id;
+	std::int64_t fence;
+	Clock::time_point expires_at;
 };
 
 /* A random UUIDv4 in canonical text form, or an error if the kernel source failed. */
 Result<std::string>
 random_uuid_v4()
 {
-    std::array<unsigned char, 16> b{};
-    std::size_t got = 0;
-    while (got < b.size())
-    {
-        ssize_t n = getrandom(b.data() + got, b.size() - got, 0);
-        if (n < 0)
-        {
-            if (errno == EINTR)
-                continue;
-            return std::unexpected(std::string("getrandom failed: ") + std::strerror(errno));
-        }
-        got += static_cast<std::size_t>(n);
-    }
-    b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40); // version 4
-    b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80); // RFC 4122 variant
-    char text[37];
-    std::snprintf(text, sizeof text,
-                  "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-                  b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-                  b[14], b[15]);
-    return std::string(text, 36);
+	std::array<unsigned char, 16> b{};
+	std::size_t got = 0;
+	while (got < b.size())
+	{
+		ssize_t n = getrandom(b.data() + got, b.size() - got, 0);
+		if (n < 0)
+		{
+			if (errno == EINTR)
+				continue;
+			return std::unexpected(std::string("getrandom failed: ") + std::strerror(errno));
+		}
+		got += static_cast<std::size_t>(n);
+	}
+	b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40); // version 4
+	b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80); // RFC 4122 variant
+	char text[37];
+	std::snprintf(text, sizeof text,
+				  "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+				  b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+				  b[14], b[15]);
+	return std::string(text, 36);
 }
 
 } // namespace
 
-struct MemoryLockingPlugin::State {
-    MemoryOptions options;
-    std::mutex mutex;
-    std::map<std::string, Lease, std::less<>> leases; // guarded by mutex
-    std::int64_t last_fence = 0;                       // guarded by mutex
+struct MemoryLockingPlugin::State
+{
+	MemoryOptions options;
+	std::mutex mutex;
+	std::map<std::string, Lease, std::less<>> leases; // guarded by mutex
+	std::int64_t last_fence = 0;                      // guarded by mutex
 
-    /* Drops every expired lease; caller holds mutex. */
-    void
-    sweep(Clock::time_point now)
-    {
-        std::erase_if(leases, [now](const auto &kv) { return kv.second.expires_at <= now; });
-    }
+	/* Drops every expired lease; caller holds mutex. */
+	void sweep(Clock::time_point now)
+	{
+		std::erase_if(leases, [now](const auto &kv) { return kv.second.expires_at <= now; });
+	}
 
-    /* The live lease of key held under lock_id, or nullptr; caller holds mutex. */
-    Lease *
-    held(std::string_view key, std::string_view lock_id, Clock::time_point now)
-    {
-        auto it = leases.find(key);
-        if (it == leases.end() || it->second.expires_at <= now || it->second.lock_id != lock_id)
-            return nullptr;
-        return &it->second;
-    }
+	/* The live lease of key held under lock_id, or nullptr; caller holds mutex. */
+	Lease *held(std::string_view key, std::string_view lock_id, Clock::time_point now)
+	{
+		auto it = leases.find(key);
+		if (it == leases.end() || it->second.expires_at <= now || it->second.lock_id != lock_id)
+			return nullptr;
+		return &it->second;
+	}
 };
 
-MemoryLockingPlugin::MemoryLockingPlugin(MemoryOptions options)
-    : m_state(std::make_unique<State>())
+MemoryLockingPlugin::MemoryLockingPlugin(MemoryOptions options) : m_state(std::make_unique<State>())
 {
-    m_state->options = options;
+	m_state->options = options;
 }
 
 MemoryLockingPlugin::~MemoryLockingPlugin() = default;
@@ -97,74 +98,74 @@ MemoryLockingPlugin::~MemoryLockingPlugin() = default;
 Result<std::optional<LockHandle>>
 MemoryLockingPlugin::try_lock(std::string_view key, std::uint64_t ttl_ms)
 {
-    const MemoryOptions &opt = m_state->options;
-    if (auto ok = detail::check_key("try_lock", key, opt.max_key_length); !ok)
-        return std::unexpected(ok.error());
-    if (auto ok = detail::check_ttl("try_lock", ttl_ms, opt.max_ttl_ms); !ok)
-        return std::unexpected(ok.error());
-    auto lock_id = random_uuid_v4();
-    if (!lock_id)
-        return std::unexpected(detail::failure("try_lock", lock_id.error()));
+	const MemoryOptions &opt = m_state->options;
+	if (auto ok = detail::check_key("try_lock", key, opt.max_key_length); !ok)
+		return std::unexpected(ok.error());
+	if (auto ok = detail::check_ttl("try_lock", ttl_ms, opt.max_ttl_ms); !ok)
+		return std::unexpected(ok.error());
+	auto lock_id = random_uuid_v4();
+	if (!lock_id)
+		return std::unexpected(detail::failure("try_lock", lock_id.error()));
 
-    std::lock_guard guard(m_state->mutex);
-    auto &leases = m_state->leases;
-    const auto now = Clock::now();
-    auto it = leases.find(key);
-    if (it != leases.end())
-    {
-        if (it->second.expires_at > now)
-            return std::optional<LockHandle>{}; // contention
-        leases.erase(it);
-    }
-    if (leases.size() >= opt.max_locks)
-        m_state->sweep(now);
-    if (leases.size() >= opt.max_locks)
-        return std::unexpected(detail::failure(
-            "try_lock", "lock table is full (" + std::to_string(leases.size()) + " of " +
-                            std::to_string(opt.max_locks) + " slots hold unexpired leases)"));
+	std::lock_guard guard(m_state->mutex);
+	auto &leases = m_state->leases;
+	const auto now = Clock::now();
+	auto it = leases.find(key);
+	if (it != leases.end())
+	{
+		if (it->second.expires_at > now)
+			return std::optional<LockHandle>{}; // contention
+		leases.erase(it);
+	}
+	if (leases.size() >= opt.max_locks)
+		m_state->sweep(now);
+	if (leases.size() >= opt.max_locks)
+		return std::unexpected(detail::failure(
+			"try_lock", "lock table is full (" + std::to_string(leases.size()) + " of " +
+							std::to_string(opt.max_locks) + " slots hold unexpired leases)"));
 
-    const std::int64_t fence = ++m_state->last_fence;
-    leases.emplace(std::string(key),
-                   Lease{*lock_id, fence, now + std::chrono::milliseconds(ttl_ms)});
-    return LockHandle{std::string(key), *lock_id, ttl_ms, fence};
+	const std::int64_t fence = ++m_state->last_fence;
+	leases.emplace(std::string(key),
+				   Lease{*lock_id, fence, now + std::chrono::milliseconds(ttl_ms)});
+	return LockHandle{std::string(key), *lock_id, ttl_ms, fence};
 }
 
 Result<void>
 MemoryLockingPlugin::renew(const LockHandle &handle)
 {
-    const MemoryOptions &opt = m_state->options;
-    if (auto ok = detail::check_handle("renew", handle, opt.max_key_length); !ok)
-        return ok;
-    if (auto ok = detail::check_ttl("renew", handle.ttl_ms, opt.max_ttl_ms); !ok)
-        return ok;
+	const MemoryOptions &opt = m_state->options;
+	if (auto ok = detail::check_handle("renew", handle, opt.max_key_length); !ok)
+		return ok;
+	if (auto ok = detail::check_ttl("renew", handle.ttl_ms, opt.max_ttl_ms); !ok)
+		return ok;
 
-    std::lock_guard guard(m_state->mutex);
-    const auto now = Clock::now();
-    Lease *lease = m_state->held(handle.key, handle.lock_id, now);
-    if (lease == nullptr)
-        return std::unexpected(detail::lock_lost(handle.key));
-    lease->expires_at = now + std::chrono::milliseconds(handle.ttl_ms);
-    return {};
+	std::lock_guard guard(m_state->mutex);
+	const auto now = Clock::now();
+	Lease *lease = m_state->held(handle.key, handle.lock_id, now);
+	if (lease == nullptr)
+		return std::unexpected(detail::lock_lost(handle.key));
+	lease->expires_at = now + std::chrono::milliseconds(handle.ttl_ms);
+	return {};
 }
 
 Result<void>
 MemoryLockingPlugin::release(LockHandle handle)
 {
-    if (auto ok = detail::check_handle("release", handle, m_state->options.max_key_length); !ok)
-        return ok;
+	if (auto ok = detail::check_handle("release", handle, m_state->options.max_key_length); !ok)
+		return ok;
 
-    std::lock_guard guard(m_state->mutex);
-    if (m_state->held(handle.key, handle.lock_id, Clock::now()) != nullptr)
-        m_state->leases.erase(handle.key);
-    return {}; // not held under this lock_id: a silent no-op
+	std::lock_guard guard(m_state->mutex);
+	if (m_state->held(handle.key, handle.lock_id, Clock::now()) != nullptr)
+		m_state->leases.erase(handle.key);
+	return {}; // not held under this lock_id: a silent no-op
 }
 
 Result<void>
 MemoryLockingPlugin::cleanup()
 {
-    std::lock_guard guard(m_state->mutex);
-    m_state->leases.clear();
-    return {};
+	std::lock_guard guard(m_state->mutex);
+	m_state->leases.clear();
+	return {};
 }
 
 } // namespace lockext

@@ -25,83 +25,101 @@
 
 #include <lockext/locking_plugin.hpp>
 
-namespace lockext::detail {
+namespace lockext::detail
+{
 
 /* libpq's text (error messages span several lines for multi-host conninfo) on one
  * line, without the trailing newline. */
 [[nodiscard]] std::string one_line(const char *text);
 
-struct PgConnCloser {
-    void operator()(PGconn *conn) const noexcept { PQfinish(conn); }
+struct PgConnCloser
+{
+	void operator()(PGconn *conn) const noexcept
+	{
+		PQfinish(conn);
+	}
 };
 
 /* One physical connection plus what this client prepared on it. */
-struct PgConnection {
-    std::unique_ptr<PGconn, PgConnCloser> conn;
-    unsigned prepared = 0; // bit i set: statement i was prepared on this connection
+struct PgConnection
+{
+	std::unique_ptr<PGconn, PgConnCloser> conn;
+	unsigned prepared = 0; // bit i set: statement i was prepared on this connection
 };
 
-struct PgPoolConfig {
-    std::string conninfo;
-    std::size_t size = 4;
-    std::chrono::seconds connect_timeout{5};
-    std::chrono::milliseconds acquire_timeout{5000};
+struct PgPoolConfig
+{
+	std::string conninfo;
+	std::size_t size = 4;
+	std::chrono::seconds connect_timeout{5};
+	std::chrono::milliseconds acquire_timeout{5000};
 };
 
-class PgPool final {
-public:
-    /* A borrowed connection; gives it back (or drops it) when destroyed. */
-    class Borrowed final {
-    public:
-        Borrowed(PgPool *pool, std::unique_ptr<PgConnection> conn) noexcept
-            : m_pool(pool), m_conn(std::move(conn))
-        {
-        }
-        Borrowed(Borrowed &&other) noexcept
-            : m_pool(std::exchange(other.m_pool, nullptr)), m_conn(std::move(other.m_conn)),
-              m_discard(other.m_discard)
-        {
-        }
-        Borrowed &operator=(Borrowed &&) = delete;
-        ~Borrowed();
+class PgPool final
+{
+  public:
+	/* A borrowed connection; gives it back (or drops it) when destroyed. */
+	class Borrowed final
+	{
+	  public:
+		Borrowed(PgPool *pool, std::unique_ptr<PgConnection> conn) noexcept
+			: m_pool(pool), m_conn(std::move(conn))
+		{
+		}
+		Borrowed(Borrowed &&other) noexcept
+			: m_pool(std::exchange(other.m_pool, nullptr)), m_conn(std::move(other.m_conn)),
+			  m_discard(other.m_discard)
+		{
+		}
+		Borrowed &operator=(Borrowed &&) = delete;
+		~Borrowed();
 
-        PgConnection &operator*() const noexcept { return *m_conn; }
-        PgConnection *operator->() const noexcept { return m_conn.get(); }
-        /* Do not reuse this connection (broken, timed out, or state unknown). */
-        void discard() noexcept { m_discard = true; }
+		PgConnection &operator*() const noexcept
+		{
+			return *m_conn;
+		}
+		PgConnection *operator->() const noexcept
+		{
+			return m_conn.get();
+		}
+		/* Do not reuse this connection (broken, timed out, or state unknown). */
+		void discard() noexcept
+		{
+			m_discard = true;
+		}
 
-    private:
-        PgPool *m_pool;
-        std::unique_ptr<PgConnection> m_conn;
-        bool m_discard = false;
-    };
+	  private:
+		PgPool *m_pool;
+		std::unique_ptr<PgConnection> m_conn;
+		bool m_discard = false;
+	};
 
-    explicit PgPool(PgPoolConfig config);
-    ~PgPool();
-    PgPool(const PgPool &) = delete;
-    PgPool &operator=(const PgPool &) = delete;
+	explicit PgPool(PgPoolConfig config);
+	~PgPool();
+	PgPool(const PgPool &) = delete;
+	PgPool &operator=(const PgPool &) = delete;
 
-    /* An idle connection, or a new one if fewer than size are open, waiting at most
-     * acquire_timeout for one to come back. The error text has no "<op> failed: ". */
-    [[nodiscard]] Result<Borrowed> acquire();
+	/* An idle connection, or a new one if fewer than size are open, waiting at most
+	 * acquire_timeout for one to come back. The error text has no "<op> failed: ". */
+	[[nodiscard]] Result<Borrowed> acquire();
 
-    /* Closes every idle connection: after one connection broke (server restart,
-     * failover), the others to the same server are most likely broken too. */
-    void drop_idle() noexcept;
+	/* Closes every idle connection: after one connection broke (server restart,
+	 * failover), the others to the same server are most likely broken too. */
+	void drop_idle() noexcept;
 
-    /* Closes idle connections and makes acquire() fail from now on. */
-    void close() noexcept;
+	/* Closes idle connections and makes acquire() fail from now on. */
+	void close() noexcept;
 
-private:
-    [[nodiscard]] Result<std::unique_ptr<PgConnection>> connect() const;
-    void give_back(std::unique_ptr<PgConnection> conn, bool discard) noexcept;
+  private:
+	[[nodiscard]] Result<std::unique_ptr<PgConnection>> connect() const;
+	void give_back(std::unique_ptr<PgConnection> conn, bool discard) noexcept;
 
-    const PgPoolConfig m_config;
-    std::mutex m_mutex;
-    std::condition_variable m_cv;
-    std::vector<std::unique_ptr<PgConnection>> m_idle; // guarded by m_mutex
-    std::size_t m_open = 0;                            // idle + borrowed + connecting
-    bool m_closed = false;
+	const PgPoolConfig m_config;
+	std::mutex m_mutex;
+	std::condition_variable m_cv;
+	std::vector<std::unique_ptr<PgConnection>> m_idle; // guarded by m_mutex
+	std::size_t m_open = 0;                            // idle + borrowed + connecting
+	bool m_closed = false;
 };
 
 } // namespace lockext::detail

@@ -25,423 +25,427 @@ using namespace std::chrono_literals;
 using lockext::LockHandle;
 using lockext::LockingPlugin;
 
-namespace {
+namespace
+{
 
 /* Canonical lower-case UUIDv4 text: 8-4-4-4-12 hex digits, version 4, variant 10xx.
  * (Hand-written: std::regex trips a GCC 12 -Wmaybe-uninitialized false positive.) */
 bool
 is_uuid_v4(const std::string &s)
 {
-    if (s.size() != 36 || s[14] != '4' || std::string_view("89ab").find(s[19]) == std::string_view::npos)
-        return false;
-    for (std::size_t i = 0; i < s.size(); ++i)
-    {
-        const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? s[i] != '-' : std::string_view("0123456789abcdef").find(s[i]) == std::string_view::npos)
-            return false;
-    }
-    return true;
+	if (s.size() != 36 || s[14] != '4' ||
+		std::string_view("89ab").find(s[19]) == std::string_view::npos)
+		return false;
+	for (std::size_t i = 0; i < s.size(); ++i)
+	{
+		const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+		if (dash ? s[i] != '-'
+				 : std::string_view("0123456789abcdef").find(s[i]) == std::string_view::npos)
+			return false;
+	}
+	return true;
 }
 
-class Conformance : public ::testing::TestWithParam<lockext::test::Backend> {
-protected:
-    void
-    SetUp() override
-    {
-        std::string why;
-        m_plugin = GetParam().make(why);
-        if (!m_plugin)
-            GTEST_SKIP() << GetParam().label << ": " << why;
-    }
+class Conformance : public ::testing::TestWithParam<lockext::test::Backend>
+{
+  protected:
+	void SetUp() override
+	{
+		std::string why;
+		m_plugin = GetParam().make(why);
+		if (!m_plugin)
+			GTEST_SKIP() << GetParam().label << ": " << why;
+	}
 
-    void
-    TearDown() override
-    {
-        if (m_plugin)
-        {
-            EXPECT_TRUE(m_plugin->cleanup().has_value());
-        }
-    }
+	void TearDown() override
+	{
+		if (m_plugin)
+		{
+			EXPECT_TRUE(m_plugin->cleanup().has_value());
+		}
+	}
 
-    std::string key(const std::string &suffix = "k") const
-    {
-        return lockext::test::unique_key(lockext::test::current_test_name() + "-" + suffix);
-    }
+	std::string key(const std::string &suffix = "k") const
+	{
+		return lockext::test::unique_key(lockext::test::current_test_name() + "-" + suffix);
+	}
 
-    /* try_lock that must grant. */
-    LockHandle
-    grant(const std::string &k, std::uint64_t ttl_ms)
-    {
-        auto r = m_plugin->try_lock(k, ttl_ms);
-        EXPECT_TRUE(r.has_value()) << r.error();
-        if (!r)
-            return {};
-        EXPECT_TRUE(r->has_value()) << "contention on " << k;
-        return r->value_or(LockHandle{});
-    }
+	/* try_lock that must grant. */
+	LockHandle grant(const std::string &k, std::uint64_t ttl_ms)
+	{
+		auto r = m_plugin->try_lock(k, ttl_ms);
+		EXPECT_TRUE(r.has_value()) << r.error();
+		if (!r)
+			return {};
+		EXPECT_TRUE(r->has_value()) << "contention on " << k;
+		return r->value_or(LockHandle{});
+	}
 
-    /* true if try_lock reports contention (an error fails the test). */
-    bool
-    contended(const std::string &k)
-    {
-        auto r = m_plugin->try_lock(k, 1000);
-        EXPECT_TRUE(r.has_value()) << r.error();
-        if (r && r->has_value())
-        {
-            EXPECT_TRUE(m_plugin->release(**r).has_value());
-            return false;
-        }
-        return r.has_value();
-    }
+	/* true if try_lock reports contention (an error fails the test). */
+	bool contended(const std::string &k)
+	{
+		auto r = m_plugin->try_lock(k, 1000);
+		EXPECT_TRUE(r.has_value()) << r.error();
+		if (r && r->has_value())
+		{
+			EXPECT_TRUE(m_plugin->release(**r).has_value());
+			return false;
+		}
+		return r.has_value();
+	}
 
-    /* The holder's handle with a well-formed lock_id nobody was granted. */
-    static LockHandle
-    stranger_of(LockHandle holder)
-    {
-        holder.lock_id = "00000000-0000-4000-8000-000000000000";
-        return holder;
-    }
+	/* The holder's handle with a well-formed lock_id nobody was granted. */
+	static LockHandle stranger_of(LockHandle holder)
+	{
+		holder.lock_id = "00000000-0000-4000-8000-000000000000";
+		return holder;
+	}
 
-    std::unique_ptr<LockingPlugin> m_plugin;
+	std::unique_ptr<LockingPlugin> m_plugin;
 };
 
 TEST_P(Conformance, NameIsTheBackendName)
 {
-    const std::string label = GetParam().label;
-    EXPECT_EQ(m_plugin->name(), label == "memory" ? "memory" : "pg");
+	const std::string label = GetParam().label;
+	EXPECT_EQ(m_plugin->name(), label == "memory" ? "memory" : "pg");
 }
 
 TEST_P(Conformance, GrantReturnsAFullHandle)
 {
-    const std::string k = key();
-    LockHandle h = grant(k, 30000);
-    EXPECT_EQ(h.key, k);
-    EXPECT_EQ(h.ttl_ms, 30000u);
-    EXPECT_GT(h.fence, 0);
-    EXPECT_TRUE(is_uuid_v4(h.lock_id)) << h.lock_id;
-    EXPECT_TRUE(m_plugin->release(h).has_value());
+	const std::string k = key();
+	LockHandle h = grant(k, 30000);
+	EXPECT_EQ(h.key, k);
+	EXPECT_EQ(h.ttl_ms, 30000u);
+	EXPECT_GT(h.fence, 0);
+	EXPECT_TRUE(is_uuid_v4(h.lock_id)) << h.lock_id;
+	EXPECT_TRUE(m_plugin->release(h).has_value());
 }
 
 TEST_P(Conformance, ContentionIsAValueWithoutHandle)
 {
-    const std::string k = key();
-    LockHandle h = grant(k, 30000);
-    auto second = m_plugin->try_lock(k, 30000);
-    ASSERT_TRUE(second.has_value()) << "contention must not be an error: " << second.error();
-    EXPECT_FALSE(second->has_value());
-    EXPECT_TRUE(m_plugin->release(h).has_value());
+	const std::string k = key();
+	LockHandle h = grant(k, 30000);
+	auto second = m_plugin->try_lock(k, 30000);
+	ASSERT_TRUE(second.has_value()) << "contention must not be an error: " << second.error();
+	EXPECT_FALSE(second->has_value());
+	EXPECT_TRUE(m_plugin->release(h).has_value());
 }
 
 TEST_P(Conformance, ReleaseFreesTheKeyAndTheNextGrantHasAHigherFence)
 {
-    const std::string k = key();
-    LockHandle first = grant(k, 30000);
-    ASSERT_TRUE(m_plugin->release(first).has_value());
-    LockHandle second = grant(k, 30000);
-    EXPECT_NE(second.lock_id, first.lock_id);
-    EXPECT_GT(second.fence, first.fence);
-    EXPECT_TRUE(m_plugin->release(second).has_value());
+	const std::string k = key();
+	LockHandle first = grant(k, 30000);
+	ASSERT_TRUE(m_plugin->release(first).has_value());
+	LockHandle second = grant(k, 30000);
+	EXPECT_NE(second.lock_id, first.lock_id);
+	EXPECT_GT(second.fence, first.fence);
+	EXPECT_TRUE(m_plugin->release(second).has_value());
 }
 
 TEST_P(Conformance, ReleaseWithAForeignLockIdIsASilentNoOp)
 {
-    const std::string k = key();
-    LockHandle holder = grant(k, 30000);
-    const LockHandle stranger = stranger_of(holder);
-    EXPECT_TRUE(m_plugin->release(stranger).has_value());
-    EXPECT_TRUE(contended(k)) << "a foreign release must not free the key";
-    EXPECT_TRUE(m_plugin->renew(holder).has_value());
-    EXPECT_TRUE(m_plugin->release(holder).has_value());
+	const std::string k = key();
+	LockHandle holder = grant(k, 30000);
+	const LockHandle stranger = stranger_of(holder);
+	EXPECT_TRUE(m_plugin->release(stranger).has_value());
+	EXPECT_TRUE(contended(k)) << "a foreign release must not free the key";
+	EXPECT_TRUE(m_plugin->renew(holder).has_value());
+	EXPECT_TRUE(m_plugin->release(holder).has_value());
 }
 
 TEST_P(Conformance, ReleaseTwiceAndReleaseOfAnotherKeysIdSucceed)
 {
-    const std::string k1 = key("a"), k2 = key("b");
-    LockHandle h1 = grant(k1, 30000);
-    LockHandle h2 = grant(k2, 30000);
-    LockHandle crossed = h2;
-    crossed.lock_id = h1.lock_id; // h1's id does not own k2
-    EXPECT_TRUE(m_plugin->release(crossed).has_value());
-    EXPECT_TRUE(contended(k2));
-    EXPECT_TRUE(m_plugin->release(h1).has_value());
-    EXPECT_TRUE(m_plugin->release(h1).has_value()) << "a second release is a no-op";
-    EXPECT_TRUE(m_plugin->release(h2).has_value());
+	const std::string k1 = key("a"), k2 = key("b");
+	LockHandle h1 = grant(k1, 30000);
+	LockHandle h2 = grant(k2, 30000);
+	LockHandle crossed = h2;
+	crossed.lock_id = h1.lock_id; // h1's id does not own k2
+	EXPECT_TRUE(m_plugin->release(crossed).has_value());
+	EXPECT_TRUE(contended(k2));
+	EXPECT_TRUE(m_plugin->release(h1).has_value());
+	EXPECT_TRUE(m_plugin->release(h1).has_value()) << "a second release is a no-op";
+	EXPECT_TRUE(m_plugin->release(h2).has_value());
 }
 
 TEST_P(Conformance, RenewExtendsTheLease)
 {
-    const std::string k = key();
-    LockHandle h = grant(k, 600);
-    std::this_thread::sleep_for(400ms);
-    ASSERT_TRUE(m_plugin->renew(h).has_value());
-    std::this_thread::sleep_for(400ms); // 800 ms after the grant, 400 ms after the renew
-    EXPECT_TRUE(contended(k)) << "the renewed lease must still be held";
-    EXPECT_TRUE(m_plugin->release(h).has_value());
+	const std::string k = key();
+	LockHandle h = grant(k, 600);
+	std::this_thread::sleep_for(400ms);
+	ASSERT_TRUE(m_plugin->renew(h).has_value());
+	std::this_thread::sleep_for(400ms); // 800 ms after the grant, 400 ms after the renew
+	EXPECT_TRUE(contended(k)) << "the renewed lease must still be held";
+	EXPECT_TRUE(m_plugin->release(h).has_value());
 }
 
 TEST_P(Conformance, RenewWithAForeignLockIdFailsAndLeavesTheHolder)
 {
-    const std::string k = key();
-    LockHandle holder = grant(k, 30000);
-    const LockHandle stranger = stranger_of(holder);
-    auto r = m_plugin->renew(stranger);
-    ASSERT_FALSE(r.has_value());
-    EXPECT_NE(r.error().find("lock lost"), std::string::npos) << r.error();
-    EXPECT_TRUE(contended(k));
-    EXPECT_TRUE(m_plugin->release(holder).has_value());
+	const std::string k = key();
+	LockHandle holder = grant(k, 30000);
+	const LockHandle stranger = stranger_of(holder);
+	auto r = m_plugin->renew(stranger);
+	ASSERT_FALSE(r.has_value());
+	EXPECT_NE(r.error().find("lock lost"), std::string::npos) << r.error();
+	EXPECT_TRUE(contended(k));
+	EXPECT_TRUE(m_plugin->release(holder).has_value());
 }
 
 TEST_P(Conformance, LeaseExpiresAfterItsTtl)
 {
-    const std::string k = key();
-    LockHandle h = grant(k, 300);
-    EXPECT_TRUE(contended(k));
-    std::this_thread::sleep_for(400ms);
-    LockHandle next = grant(k, 30000);
-    EXPECT_GT(next.fence, h.fence);
-    EXPECT_TRUE(m_plugin->release(next).has_value());
+	const std::string k = key();
+	LockHandle h = grant(k, 300);
+	EXPECT_TRUE(contended(k));
+	std::this_thread::sleep_for(400ms);
+	LockHandle next = grant(k, 30000);
+	EXPECT_GT(next.fence, h.fence);
+	EXPECT_TRUE(m_plugin->release(next).has_value());
 }
 
 TEST_P(Conformance, RenewAfterExpiryFailsEvenIfNobodyTookTheKey)
 {
-    const std::string k = key();
-    LockHandle h = grant(k, 50);
-    std::this_thread::sleep_for(150ms);
-    auto r = m_plugin->renew(h);
-    ASSERT_FALSE(r.has_value()) << "renew must not resurrect an expired lease";
-    EXPECT_NE(r.error().find("lock lost"), std::string::npos) << r.error();
-    EXPECT_NE(r.error().find(k), std::string::npos) << r.error();
+	const std::string k = key();
+	LockHandle h = grant(k, 50);
+	std::this_thread::sleep_for(150ms);
+	auto r = m_plugin->renew(h);
+	ASSERT_FALSE(r.has_value()) << "renew must not resurrect an expired lease";
+	EXPECT_NE(r.error().find("lock lost"), std::string::npos) << r.error();
+	EXPECT_NE(r.error().find(k), std::string::npos) << r.error();
 }
 
 TEST_P(Conformance, StaleCallsAfterExpiryNeverTouchTheNewHolder)
 {
-    const std::string k = key();
-    LockHandle stale = grant(k, 50);
-    std::this_thread::sleep_for(150ms);
-    LockHandle fresh = grant(k, 30000);
-    EXPECT_GT(fresh.fence, stale.fence);
-    EXPECT_FALSE(m_plugin->renew(stale).has_value());
-    EXPECT_TRUE(m_plugin->release(stale).has_value()) << "stale release is a silent no-op";
-    EXPECT_TRUE(contended(k)) << "the stale release freed the new holder's lock";
-    EXPECT_TRUE(m_plugin->renew(fresh).has_value());
-    EXPECT_TRUE(m_plugin->release(fresh).has_value());
-    LockHandle after = grant(k, 30000);
-    EXPECT_GT(after.fence, fresh.fence);
-    EXPECT_TRUE(m_plugin->release(after).has_value());
+	const std::string k = key();
+	LockHandle stale = grant(k, 50);
+	std::this_thread::sleep_for(150ms);
+	LockHandle fresh = grant(k, 30000);
+	EXPECT_GT(fresh.fence, stale.fence);
+	EXPECT_FALSE(m_plugin->renew(stale).has_value());
+	EXPECT_TRUE(m_plugin->release(stale).has_value()) << "stale release is a silent no-op";
+	EXPECT_TRUE(contended(k)) << "the stale release freed the new holder's lock";
+	EXPECT_TRUE(m_plugin->renew(fresh).has_value());
+	EXPECT_TRUE(m_plugin->release(fresh).has_value());
+	LockHandle after = grant(k, 30000);
+	EXPECT_GT(after.fence, fresh.fence);
+	EXPECT_TRUE(m_plugin->release(after).has_value());
 }
 
 TEST_P(Conformance, FencesStrictlyIncreaseAcrossKeysAndGrants)
 {
-    std::int64_t last = 0;
-    const std::string same = key("same");
-    for (int i = 0; i < 10; ++i)
-    {
-        for (const std::string &k : {same, key("other")})
-        {
-            LockHandle h = grant(k, 30000);
-            EXPECT_GT(h.fence, last);
-            last = h.fence;
-            EXPECT_TRUE(m_plugin->release(h).has_value());
-        }
-    }
+	std::int64_t last = 0;
+	const std::string same = key("same");
+	for (int i = 0; i < 10; ++i)
+	{
+		for (const std::string &k : {same, key("other")})
+		{
+			LockHandle h = grant(k, 30000);
+			EXPECT_GT(h.fence, last);
+			last = h.fence;
+			EXPECT_TRUE(m_plugin->release(h).has_value());
+		}
+	}
 }
 
 TEST_P(Conformance, BadInputIsAnErrorNeverContention)
 {
-    auto expect_error = [](const auto &r, const char *needle, const char *what) {
-        ASSERT_FALSE(r.has_value()) << what << " must be an error";
-        EXPECT_NE(r.error().find(needle), std::string::npos) << what << ": " << r.error();
-    };
-    expect_error(m_plugin->try_lock("", 1000), "empty", "empty key");
-    expect_error(m_plugin->try_lock(key(), 0), "ttl_ms", "ttl 0");
-    expect_error(m_plugin->try_lock(key(), 300001), "ttl_ms", "ttl above the max");
-    expect_error(m_plugin->try_lock(key(), UINT64_MAX), "ttl_ms", "ttl 2^64-1");
-    expect_error(m_plugin->try_lock(std::string(100000, 'x'), 1000), "key", "100 kB key");
+	auto expect_error = [](const auto &r, const char *needle, const char *what)
+	{
+		ASSERT_FALSE(r.has_value()) << what << " must be an error";
+		EXPECT_NE(r.error().find(needle), std::string::npos) << what << ": " << r.error();
+	};
+	expect_error(m_plugin->try_lock("", 1000), "empty", "empty key");
+	expect_error(m_plugin->try_lock(key(), 0), "ttl_ms", "ttl 0");
+	expect_error(m_plugin->try_lock(key(), 300001), "ttl_ms", "ttl above the max");
+	expect_error(m_plugin->try_lock(key(), UINT64_MAX), "ttl_ms", "ttl 2^64-1");
+	expect_error(m_plugin->try_lock(std::string(100000, 'x'), 1000), "key", "100 kB key");
 
-    const std::string k = key();
-    LockHandle h = grant(k, 30000);
-    LockHandle zero_ttl = h;
-    zero_ttl.ttl_ms = 0;
-    expect_error(m_plugin->renew(zero_ttl), "ttl_ms", "renew with ttl 0");
-    LockHandle big_ttl = h;
-    big_ttl.ttl_ms = 300001;
-    expect_error(m_plugin->renew(big_ttl), "ttl_ms", "renew with ttl above the max");
-    LockHandle no_key = h;
-    no_key.key.clear();
-    expect_error(m_plugin->renew(no_key), "empty", "renew with an empty key");
-    expect_error(m_plugin->release(no_key), "empty", "release with an empty key");
-    EXPECT_TRUE(contended(k)) << "failed calls must not have touched the lease";
-    EXPECT_TRUE(m_plugin->release(h).has_value());
+	const std::string k = key();
+	LockHandle h = grant(k, 30000);
+	LockHandle zero_ttl = h;
+	zero_ttl.ttl_ms = 0;
+	expect_error(m_plugin->renew(zero_ttl), "ttl_ms", "renew with ttl 0");
+	LockHandle big_ttl = h;
+	big_ttl.ttl_ms = 300001;
+	expect_error(m_plugin->renew(big_ttl), "ttl_ms", "renew with ttl above the max");
+	LockHandle no_key = h;
+	no_key.key.clear();
+	expect_error(m_plugin->renew(no_key), "empty", "renew with an empty key");
+	expect_error(m_plugin->release(no_key), "empty", "release with an empty key");
+	EXPECT_TRUE(contended(k)) << "failed calls must not have touched the lease";
+	EXPECT_TRUE(m_plugin->release(h).has_value());
 }
 
 TEST_P(Conformance, HandleFromOneCallWorksAfterCopying)
 {
-    const std::string k = key();
-    LockHandle h = grant(k, 30000);
-    LockHandle copy = h;
-    EXPECT_TRUE(m_plugin->renew(copy).has_value());
-    EXPECT_TRUE(m_plugin->release(std::move(copy)).has_value());
-    EXPECT_FALSE(contended(k));
+	const std::string k = key();
+	LockHandle h = grant(k, 30000);
+	LockHandle copy = h;
+	EXPECT_TRUE(m_plugin->renew(copy).has_value());
+	EXPECT_TRUE(m_plugin->release(std::move(copy)).has_value());
+	EXPECT_FALSE(contended(k));
 }
 
 /* 16 threads on 3 keys: never two holders of a key at once, fences per key increase
  * in holding order, no errors, and every thread makes progress overall. */
 TEST_P(Conformance, SixteenThreadsNeverOverlap)
 {
-    const std::vector<std::string> keys = {key("a"), key("b"), key("c")};
-    std::array<std::atomic<int>, 3> holders{};
-    std::array<std::atomic<std::int64_t>, 3> last_fence{}; // written by the key's holder
-    std::atomic<int> grants{0}, contentions{0}, overlaps{0}, fence_regressions{0};
-    std::mutex errors_mutex;
-    std::vector<std::string> errors;
-    const auto stop_at = std::chrono::steady_clock::now() + 1500ms;
+	const std::vector<std::string> keys = {key("a"), key("b"), key("c")};
+	std::array<std::atomic<int>, 3> holders{};
+	std::array<std::atomic<std::int64_t>, 3> last_fence{}; // written by the key's holder
+	std::atomic<int> grants{0}, contentions{0}, overlaps{0}, fence_regressions{0};
+	std::mutex errors_mutex;
+	std::vector<std::string> errors;
+	const auto stop_at = std::chrono::steady_clock::now() + 1500ms;
 
-    auto worker = [&](int id) {
-        for (int i = 0; std::chrono::steady_clock::now() < stop_at; ++i)
-        {
-            const std::size_t slot = static_cast<std::size_t>(id + i) % keys.size();
-            auto r = m_plugin->try_lock(keys[slot], 5000);
-            if (!r)
-            {
-                std::lock_guard g(errors_mutex);
-                errors.push_back(r.error());
-                continue;
-            }
-            if (!r->has_value())
-            {
-                ++contentions;
-                std::this_thread::sleep_for(1ms);
-                continue;
-            }
-            if (holders[slot].fetch_add(1) != 0)
-                ++overlaps;
-            if ((*r)->fence <= last_fence[slot].load())
-                ++fence_regressions;
-            last_fence[slot].store((*r)->fence);
-            ++grants;
-            std::this_thread::sleep_for(500us);
-            holders[slot].fetch_sub(1);
-            if (auto rel = m_plugin->release(**r); !rel)
-            {
-                std::lock_guard g(errors_mutex);
-                errors.push_back(rel.error());
-            }
-        }
-    };
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 16; ++t)
-        threads.emplace_back(worker, t);
-    for (auto &t : threads)
-        t.join();
+	auto worker = [&](int id)
+	{
+		for (int i = 0; std::chrono::steady_clock::now() < stop_at; ++i)
+		{
+			const std::size_t slot = static_cast<std::size_t>(id + i) % keys.size();
+			auto r = m_plugin->try_lock(keys[slot], 5000);
+			if (!r)
+			{
+				std::lock_guard g(errors_mutex);
+				errors.push_back(r.error());
+				continue;
+			}
+			if (!r->has_value())
+			{
+				++contentions;
+				std::this_thread::sleep_for(1ms);
+				continue;
+			}
+			if (holders[slot].fetch_add(1) != 0)
+				++overlaps;
+			if ((*r)->fence <= last_fence[slot].load())
+				++fence_regressions;
+			last_fence[slot].store((*r)->fence);
+			++grants;
+			std::this_thread::sleep_for(500us);
+			holders[slot].fetch_sub(1);
+			if (auto rel = m_plugin->release(**r); !rel)
+			{
+				std::lock_guard g(errors_mutex);
+				errors.push_back(rel.error());
+			}
+		}
+	};
+	std::vector<std::thread> threads;
+	for (int t = 0; t < 16; ++t)
+		threads.emplace_back(worker, t);
+	for (auto &t : threads)
+		t.join();
 
-    EXPECT_EQ(overlaps.load(), 0);
-    EXPECT_EQ(fence_regressions.load(), 0);
-    EXPECT_TRUE(errors.empty()) << errors.size() << " errors, first: " << errors.front();
-    EXPECT_GT(grants.load(), 10);
-    EXPECT_GT(contentions.load(), 0);
-    RecordProperty("grants", grants.load());
-    RecordProperty("contentions", contentions.load());
+	EXPECT_EQ(overlaps.load(), 0);
+	EXPECT_EQ(fence_regressions.load(), 0);
+	EXPECT_TRUE(errors.empty()) << errors.size() << " errors, first: " << errors.front();
+	EXPECT_GT(grants.load(), 10);
+	EXPECT_GT(contentions.load(), 0);
+	RecordProperty("grants", grants.load());
+	RecordProperty("contentions", contentions.load());
 }
 
 /* The lease keeper keeps a 450 ms lease for more than two TTLs and releases it. */
 TEST_P(Conformance, KeeperHoldsTheLeaseWellPastItsTtl)
 {
-    const std::string k = key();
-    const auto before = std::chrono::steady_clock::now();
-    LockHandle h = grant(k, 450);
-    std::atomic<int> calls{0};
-    lockext::LeaseKeeper keeper(*m_plugin, h, [&](const std::string &) { ++calls; }, {}, before);
-    std::this_thread::sleep_for(1200ms);
-    EXPECT_FALSE(keeper.lost()) << keeper.lost_reason().value_or("");
-    EXPECT_TRUE(contended(k)) << "the keeper must have renewed the lease";
-    EXPECT_GT(keeper.valid_until(), std::chrono::steady_clock::now());
-    EXPECT_TRUE(keeper.release().has_value());
-    EXPECT_FALSE(contended(k)) << "release() must free the key";
-    EXPECT_EQ(calls.load(), 0);
+	const std::string k = key();
+	const auto before = std::chrono::steady_clock::now();
+	LockHandle h = grant(k, 450);
+	std::atomic<int> calls{0};
+	lockext::LeaseKeeper keeper(
+		*m_plugin, h, [&](const std::string &) { ++calls; }, {}, before);
+	std::this_thread::sleep_for(1200ms);
+	EXPECT_FALSE(keeper.lost()) << keeper.lost_reason().value_or("");
+	EXPECT_TRUE(contended(k)) << "the keeper must have renewed the lease";
+	EXPECT_GT(keeper.valid_until(), std::chrono::steady_clock::now());
+	EXPECT_TRUE(keeper.release().has_value());
+	EXPECT_FALSE(contended(k)) << "release() must free the key";
+	EXPECT_EQ(calls.load(), 0);
 }
 
 /* Someone releases the lease behind the keeper's back and another holder takes the
  * key: the keeper reports "lock lost" once and never touches the new holder. */
 TEST_P(Conformance, KeeperReportsATakenOverLeaseOnce)
 {
-    const std::string k = key();
-    LockHandle h = grant(k, 300);
-    std::mutex mutex;
-    std::condition_variable cv;
-    std::vector<std::string> reasons;
-    lockext::LeaseKeeper keeper(*m_plugin, h, [&](const std::string &why) {
-        std::lock_guard g(mutex);
-        reasons.push_back(why);
-        cv.notify_all();
-    });
-    ASSERT_TRUE(m_plugin->release(h).has_value());
-    LockHandle next = grant(k, 30000);
-    {
-        std::unique_lock lock(mutex);
-        ASSERT_TRUE(cv.wait_for(lock, 2s, [&] { return !reasons.empty(); }));
-    }
-    std::this_thread::sleep_for(250ms); // no second report
-    std::lock_guard g(mutex);
-    ASSERT_EQ(reasons.size(), 1u);
-    EXPECT_NE(reasons[0].find("lock lost"), std::string::npos) << reasons[0];
-    EXPECT_TRUE(keeper.lost());
-    EXPECT_EQ(keeper.lost_reason().value_or(""), reasons[0]);
-    EXPECT_TRUE(keeper.release().has_value()) << "releasing a lost lease is a no-op";
-    EXPECT_TRUE(contended(k)) << "the keeper touched the new holder";
-    EXPECT_TRUE(m_plugin->release(next).has_value());
+	const std::string k = key();
+	LockHandle h = grant(k, 300);
+	std::mutex mutex;
+	std::condition_variable cv;
+	std::vector<std::string> reasons;
+	lockext::LeaseKeeper keeper(*m_plugin, h,
+								[&](const std::string &why)
+								{
+									std::lock_guard g(mutex);
+									reasons.push_back(why);
+									cv.notify_all();
+								});
+	ASSERT_TRUE(m_plugin->release(h).has_value());
+	LockHandle next = grant(k, 30000);
+	{
+		std::unique_lock lock(mutex);
+		ASSERT_TRUE(cv.wait_for(lock, 2s, [&] { return !reasons.empty(); }));
+	}
+	std::this_thread::sleep_for(250ms); // no second report
+	std::lock_guard g(mutex);
+	ASSERT_EQ(reasons.size(), 1u);
+	EXPECT_NE(reasons[0].find("lock lost"), std::string::npos) << reasons[0];
+	EXPECT_TRUE(keeper.lost());
+	EXPECT_EQ(keeper.lost_reason().value_or(""), reasons[0]);
+	EXPECT_TRUE(keeper.release().has_value()) << "releasing a lost lease is a no-op";
+	EXPECT_TRUE(contended(k)) << "the keeper touched the new holder";
+	EXPECT_TRUE(m_plugin->release(next).has_value());
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Conformance,
-                         ::testing::ValuesIn(lockext::test::conformance_backends()),
-                         [](const auto &info) { return info.param.label; });
+						 ::testing::ValuesIn(lockext::test::conformance_backends()),
+						 [](const auto &info) { return info.param.label; });
 
 } // namespace
 
 /* Limits of the memory backend's options (the pg backend's are the server's GUCs). */
 TEST(MemoryBackend, FullTableIsAnErrorAndExpiredLeasesAreReclaimed)
 {
-    lockext::MemoryOptions options;
-    options.max_locks = 3;
-    lockext::MemoryLockingPlugin plugin(options);
-    const std::string prefix = lockext::test::unique_key("full");
-    for (int i = 0; i < 2; ++i)
-        ASSERT_TRUE(plugin.try_lock(prefix + std::to_string(i), 30000).value().has_value());
-    auto short_lived = plugin.try_lock(prefix + "short", 50);
-    ASSERT_TRUE(short_lived && short_lived->has_value());
-    auto full = plugin.try_lock(prefix + "x", 30000);
-    ASSERT_FALSE(full.has_value()) << "a full table must be an error, not contention";
-    EXPECT_NE(full.error().find("lock table is full"), std::string::npos) << full.error();
-    std::this_thread::sleep_for(100ms);
-    auto after = plugin.try_lock(prefix + "x", 30000);
-    ASSERT_TRUE(after.has_value()) << after.error();
-    EXPECT_TRUE(after->has_value()) << "the expired lease must not count against capacity";
+	lockext::MemoryOptions options;
+	options.max_locks = 3;
+	lockext::MemoryLockingPlugin plugin(options);
+	const std::string prefix = lockext::test::unique_key("full");
+	for (int i = 0; i < 2; ++i)
+		ASSERT_TRUE(plugin.try_lock(prefix + std::to_string(i), 30000).value().has_value());
+	auto short_lived = plugin.try_lock(prefix + "short", 50);
+	ASSERT_TRUE(short_lived && short_lived->has_value());
+	auto full = plugin.try_lock(prefix + "x", 30000);
+	ASSERT_FALSE(full.has_value()) << "a full table must be an error, not contention";
+	EXPECT_NE(full.error().find("lock table is full"), std::string::npos) << full.error();
+	std::this_thread::sleep_for(100ms);
+	auto after = plugin.try_lock(prefix + "x", 30000);
+	ASSERT_TRUE(after.has_value()) << after.error();
+	EXPECT_TRUE(after->has_value()) << "the expired lease must not count against capacity";
 }
 
 TEST(MemoryBackend, OptionsSetTheLimits)
 {
-    lockext::MemoryOptions options;
-    options.max_ttl_ms = 1000;
-    options.max_key_length = 4;
-    lockext::MemoryLockingPlugin plugin(options);
-    EXPECT_TRUE(plugin.try_lock("abcd", 1000).has_value());
-    auto long_key = plugin.try_lock("abcde", 1000);
-    ASSERT_FALSE(long_key.has_value());
-    EXPECT_EQ(long_key.error(),
-              "try_lock failed: lock key must be at most 4 bytes (the key is 5 bytes long)");
-    auto long_ttl = plugin.try_lock("k", 1001);
-    ASSERT_FALSE(long_ttl.has_value());
-    EXPECT_EQ(long_ttl.error(), "try_lock failed: ttl_ms must be between 1 and 1000");
-    auto nul = plugin.try_lock(std::string("a\0b", 3), 10);
-    ASSERT_FALSE(nul.has_value());
-    EXPECT_NE(nul.error().find("NUL"), std::string::npos);
+	lockext::MemoryOptions options;
+	options.max_ttl_ms = 1000;
+	options.max_key_length = 4;
+	lockext::MemoryLockingPlugin plugin(options);
+	EXPECT_TRUE(plugin.try_lock("abcd", 1000).has_value());
+	auto long_key = plugin.try_lock("abcde", 1000);
+	ASSERT_FALSE(long_key.has_value());
+	EXPECT_EQ(long_key.error(),
+			  "try_lock failed: lock key must be at most 4 bytes (the key is 5 bytes long)");
+	auto long_ttl = plugin.try_lock("k", 1001);
+	ASSERT_FALSE(long_ttl.has_value());
+	EXPECT_EQ(long_ttl.error(), "try_lock failed: ttl_ms must be between 1 and 1000");
+	auto nul = plugin.try_lock(std::string("a\0b", 3), 10);
+	ASSERT_FALSE(nul.has_value());
+	EXPECT_NE(nul.error().find("NUL"), std::string::npos);
 }
 
 TEST(MemoryBackend, CleanupDropsLeasesButFencesKeepIncreasing)
 {
-    lockext::MemoryLockingPlugin plugin;
-    auto first = plugin.try_lock("k", 30000).value().value();
-    ASSERT_TRUE(plugin.cleanup().has_value());
-    auto second = plugin.try_lock("k", 30000);
-    ASSERT_TRUE(second && second->has_value());
-    EXPECT_GT((*second)->fence, first.fence);
+	lockext::MemoryLockingPlugin plugin;
+	auto first = plugin.try_lock("k", 30000).value().value();
+	ASSERT_TRUE(plugin.cleanup().has_value());
+	auto second = plugin.try_lock("k", 30000);
+	ASSERT_TRUE(second && second->has_value());
+	EXPECT_GT((*second)->fence, first.fence);
 }

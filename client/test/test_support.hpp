@@ -21,7 +21,8 @@
 #include <lockext/locking_plugin.hpp>
 #include <lockext/pg_locking_plugin.hpp>
 
-namespace lockext::test {
+namespace lockext::test
+{
 
 /* The value of an environment variable, or nullopt when unset or empty. */
 std::optional<std::string> env(const char *name);
@@ -34,9 +35,10 @@ std::string current_test_name();
 
 /* A backend the conformance suite runs against. make() returns nullptr and sets why
  * when the backend is not configured (the test is then skipped with that message). */
-struct Backend {
-    std::string label;
-    std::function<std::unique_ptr<LockingPlugin>(std::string &why)> make;
+struct Backend
+{
+	std::string label;
+	std::function<std::unique_ptr<LockingPlugin>(std::string &why)> make;
 };
 
 std::vector<Backend> conformance_backends();
@@ -46,7 +48,7 @@ void PrintTo(const Backend &backend, std::ostream *os);
 
 /* A pg plugin on LOCKEXT_TEST_DSN (or the given env var), or nullptr + why. */
 std::unique_ptr<PgLockingPlugin> make_pg(std::string &why, PgOptions options = {},
-                                         const char *dsn_var = "LOCKEXT_TEST_DSN");
+										 const char *dsn_var = "LOCKEXT_TEST_DSN");
 
 /* Runs a shell command, returns its exit status (0 = success). */
 int run_command(const std::string &command);

@@ -32,48 +32,51 @@
 
 #include <lockext/locking_plugin.hpp>
 
-namespace lockext {
+namespace lockext
+{
 
-struct LeaseKeeperOptions {
-    /* Time between renewals; 0 = ttl_ms / 3. */
-    std::chrono::milliseconds interval{0};
-    /* Time between retries after a failed renew; 0 = ttl_ms / 10 (at least 10 ms). */
-    std::chrono::milliseconds retry_interval{0};
+struct LeaseKeeperOptions
+{
+	/* Time between renewals; 0 = ttl_ms / 3. */
+	std::chrono::milliseconds interval{0};
+	/* Time between retries after a failed renew; 0 = ttl_ms / 10 (at least 10 ms). */
+	std::chrono::milliseconds retry_interval{0};
 };
 
-class LOCKEXT_CLIENT_API LeaseKeeper final {
-public:
-    using Clock = std::chrono::steady_clock;
-    /* Called once with the reason when the lease is lost. */
-    using LostCallback = std::function<void(const std::string &reason)>;
+class LOCKEXT_CLIENT_API LeaseKeeper final
+{
+  public:
+	using Clock = std::chrono::steady_clock;
+	/* Called once with the reason when the lease is lost. */
+	using LostCallback = std::function<void(const std::string &reason)>;
 
-    /*
-     * Starts renewing handle through plugin, which must outlive the keeper.
-     * acquired_at: a steady_clock time taken just BEFORE the try_lock that returned
-     * handle (default: now, which overestimates the lease by the try_lock's duration).
-     */
-    LeaseKeeper(LockingPlugin &plugin, LockHandle handle, LostCallback on_lost = {},
-                LeaseKeeperOptions options = {},
-                std::optional<Clock::time_point> acquired_at = std::nullopt);
-    ~LeaseKeeper();
-    LeaseKeeper(const LeaseKeeper &) = delete;
-    LeaseKeeper &operator=(const LeaseKeeper &) = delete;
+	/*
+	 * Starts renewing handle through plugin, which must outlive the keeper.
+	 * acquired_at: a steady_clock time taken just BEFORE the try_lock that returned
+	 * handle (default: now, which overestimates the lease by the try_lock's duration).
+	 */
+	LeaseKeeper(LockingPlugin &plugin, LockHandle handle, LostCallback on_lost = {},
+				LeaseKeeperOptions options = {},
+				std::optional<Clock::time_point> acquired_at = std::nullopt);
+	~LeaseKeeper();
+	LeaseKeeper(const LeaseKeeper &) = delete;
+	LeaseKeeper &operator=(const LeaseKeeper &) = delete;
 
-    [[nodiscard]] const LockHandle &handle() const noexcept;
-    /* True once the lease must be considered lost (sticky). */
-    [[nodiscard]] bool lost() const noexcept;
-    /* Why it was lost, once the keeper thread has noticed. */
-    [[nodiscard]] std::optional<std::string> lost_reason() const;
-    /* End of the lease as far as this client knows. */
-    [[nodiscard]] Clock::time_point valid_until() const noexcept;
-    /* Stops renewing (idempotent); the lease then runs out after its TTL. */
-    void stop() noexcept;
-    /* stop(), then release the lease (a lost lease releases as a silent no-op). */
-    [[nodiscard]] Result<void> release();
+	[[nodiscard]] const LockHandle &handle() const noexcept;
+	/* True once the lease must be considered lost (sticky). */
+	[[nodiscard]] bool lost() const noexcept;
+	/* Why it was lost, once the keeper thread has noticed. */
+	[[nodiscard]] std::optional<std::string> lost_reason() const;
+	/* End of the lease as far as this client knows. */
+	[[nodiscard]] Clock::time_point valid_until() const noexcept;
+	/* Stops renewing (idempotent); the lease then runs out after its TTL. */
+	void stop() noexcept;
+	/* stop(), then release the lease (a lost lease releases as a silent no-op). */
+	[[nodiscard]] Result<void> release();
 
-private:
-    struct State;
-    std::unique_ptr<State> m_state;
+  private:
+	struct State;
+	std::unique_ptr<State> m_state;
 };
 
 } // namespace lockext

@@ -18,7 +18,8 @@
 
 #include <version>
 #if !defined(__cpp_lib_expected) || __cpp_lib_expected < 202202L
-#error "lockext client needs C++23 std::expected: compile with -std=c++23 (pkg-config --cflags lockext-client adds it)"
+#error                                                                                             \
+	"lockext client needs C++23 std::expected: compile with -std=c++23 (pkg-config --cflags lockext-client adds it)"
 #endif
 
 #include <cstdint>
@@ -30,32 +31,37 @@
 /* Marks the library's exported classes (it is built with -fvisibility=hidden). */
 #define LOCKEXT_CLIENT_API __attribute__((visibility("default")))
 
-namespace lockext {
+namespace lockext
+{
 
 /* A granted lease. Copyable plain data; holding it does not keep the lock alive. */
-struct LockHandle {
-    std::string key;
-    std::string lock_id;      // opaque token (UUID text), used for check-and-set
-    std::uint64_t ttl_ms = 0; // the lease length renew() asks for again
-    std::int64_t fence = 0;   // fencing token: strictly greater than every earlier grant's
+struct LockHandle
+{
+	std::string key;
+	std::string lock_id;      // opaque token (UUID text), used for check-and-set
+	std::uint64_t ttl_ms = 0; // the lease length renew() asks for again
+	std::int64_t fence = 0;   // fencing token: strictly greater than every earlier grant's
 };
 
 /* A value, or an error message ("<op> failed: [SQLSTATE] <server message>" style). */
-template <class T>
-using Result = std::expected<T, std::string>;
+template <class T> using Result = std::expected<T, std::string>;
 
-class LOCKEXT_CLIENT_API LockingPlugin {
-public:
-    virtual ~LockingPlugin() = default;
+class LOCKEXT_CLIENT_API LockingPlugin
+{
+  public:
+	virtual ~LockingPlugin() = default;
 
-    /* "pg" or "memory": the backend's unique name (metrics labels, test output). */
-    [[nodiscard]] virtual std::string_view name() const = 0;
+	/* "pg" or "memory": the backend's unique name (metrics labels, test output). */
+	[[nodiscard]] virtual std::string_view name() const = 0;
 
-    [[nodiscard]] virtual Result<std::optional<LockHandle>> try_lock(std::string_view key,
-                                                                     std::uint64_t ttl_ms) = 0;
-    [[nodiscard]] virtual Result<void> renew(const LockHandle &handle) = 0;
-    [[nodiscard]] virtual Result<void> release(LockHandle handle) = 0;
-    [[nodiscard]] virtual Result<void> cleanup() { return {}; }
+	[[nodiscard]] virtual Result<std::optional<LockHandle>> try_lock(std::string_view key,
+																	 std::uint64_t ttl_ms) = 0;
+	[[nodiscard]] virtual Result<void> renew(const LockHandle &handle) = 0;
+	[[nodiscard]] virtual Result<void> release(LockHandle handle) = 0;
+	[[nodiscard]] virtual Result<void> cleanup()
+	{
+		return {};
+	}
 };
 
 } // namespace lockext

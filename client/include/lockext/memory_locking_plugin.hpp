@@ -16,32 +16,38 @@
 
 #include <lockext/locking_plugin.hpp>
 
-namespace lockext {
+namespace lockext
+{
 
 /* Limits, defaulting to the server's GUC defaults. */
-struct MemoryOptions {
-    std::uint64_t max_ttl_ms = 300000;  // like lockext.max_ttl_ms
-    std::size_t max_key_length = 256;   // bytes, like lockext.max_key_length
-    std::size_t max_locks = 10000;      // live leases, like lockext.max_locks
+struct MemoryOptions
+{
+	std::uint64_t max_ttl_ms = 300000; // like lockext.max_ttl_ms
+	std::size_t max_key_length = 256;  // bytes, like lockext.max_key_length
+	std::size_t max_locks = 10000;     // live leases, like lockext.max_locks
 };
 
-class LOCKEXT_CLIENT_API MemoryLockingPlugin final : public LockingPlugin {
-public:
-    explicit MemoryLockingPlugin(MemoryOptions options = {});
-    ~MemoryLockingPlugin() override;
-    MemoryLockingPlugin(const MemoryLockingPlugin &) = delete;
-    MemoryLockingPlugin &operator=(const MemoryLockingPlugin &) = delete;
+class LOCKEXT_CLIENT_API MemoryLockingPlugin final : public LockingPlugin
+{
+  public:
+	explicit MemoryLockingPlugin(MemoryOptions options = {});
+	~MemoryLockingPlugin() override;
+	MemoryLockingPlugin(const MemoryLockingPlugin &) = delete;
+	MemoryLockingPlugin &operator=(const MemoryLockingPlugin &) = delete;
 
-    [[nodiscard]] std::string_view name() const override { return "memory"; }
-    [[nodiscard]] Result<std::optional<LockHandle>> try_lock(std::string_view key,
-                                                             std::uint64_t ttl_ms) override;
-    [[nodiscard]] Result<void> renew(const LockHandle &handle) override;
-    [[nodiscard]] Result<void> release(LockHandle handle) override;
-    [[nodiscard]] Result<void> cleanup() override;
+	[[nodiscard]] std::string_view name() const override
+	{
+		return "memory";
+	}
+	[[nodiscard]] Result<std::optional<LockHandle>> try_lock(std::string_view key,
+															 std::uint64_t ttl_ms) override;
+	[[nodiscard]] Result<void> renew(const LockHandle &handle) override;
+	[[nodiscard]] Result<void> release(LockHandle handle) override;
+	[[nodiscard]] Result<void> cleanup() override;
 
-private:
-    struct State;
-    std::unique_ptr<State> m_state;
+  private:
+	struct State;
+	std::unique_ptr<State> m_state;
 };
 
 } // namespace lockext
