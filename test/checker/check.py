@@ -22,6 +22,16 @@ Fencing. If grant A completed before grant B was invoked (A.complete < B.invoke)
 fence(A) < fence(B) must hold: checked globally over all keys (so also per key). Two
 grants with the same fence or the same lock_id are violations too.
 
+Grace period (optional, --server-log). After a crash restart or an unclean start the
+server logs "lockext: no lease will be granted for N ms (reason)" when it arms the grace
+period, and must refuse every grant for N ms from that instant S; all processes of the
+old shared memory are gone before S. (With --grace-ms, a crash reinitialisation without
+such a line counts too, starting at the "reinitializing" line, which comes before S.) So a grant invoked after S that completed before
+S + N is a violation. The log's wall-clock timestamp (milliseconds, UTC) is mapped onto
+the monotonic clock with --wall-minus-mono; the check leaves margins for the timestamp's
+precision and that mapping (a grant counts only if invoked at least 10 ms after the logged
+instant and completed at least 200 ms before the grace ends).
+
 Indeterminate operations (outcome info: the call failed after the request may have been
 executed) give no window and no fence claim; a renew or release that failed or is
 indeterminate never extends a window, and a release ends the window at its invoke time
@@ -31,9 +41,12 @@ Standard library only. Exit status: 0 = no violation, 1 = violations, 2 = unusab
 """
 
 import argparse
+import calendar
 import json
+import re
 import sys
 from collections import Counter, defaultdict
+from datetime import datetime
 
 NS_PER_MS = 1_000_000
 
@@ -100,7 +113,48 @@ def load(paths):
     return ops, bad
 
 
-def check(ops, tolerance_ns=0, max_examples=5):
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (\S+) (.*)")
+GRACE_MSG = re.compile(r"lockext: no lease will be granted for (\d+) ms \(([^)]*)\)")
+REINIT_MSG = "all server processes terminated; reinitializing"
+
+
+def grace_events(path, offset, wall_minus_mono_ns, grace_ms=None):
+    """Grace periods in the server log after byte offset, as (start on the monotonic
+    clock, length in ns, reason): every "no lease will be granted" line. With grace_ms
+    (what a correct server would keep; the self-test runs with the grace off, so the
+    server logs none) also every crash reinitialisation that no such line follows within
+    a second, starting at the reinitialisation (the grace can only start later)."""
+    logged, reinits = [], []
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for raw in f:
+            m = LOG_LINE.match(raw.decode("utf-8", "replace"))
+            if not m:
+                continue
+            stamp, zone, text = m.groups()
+            grace = GRACE_MSG.search(text)
+            if not grace and REINIT_MSG not in text:
+                continue
+            if zone not in ("UTC", "GMT"):
+                raise ValueError(f"server log timestamps must be in UTC, not {zone}")
+            day, _, frac = stamp.partition(".")
+            wall_ns = (calendar.timegm(datetime.strptime(day, "%Y-%m-%d %H:%M:%S").timetuple())
+                       * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9]))
+            mono = wall_ns - wall_minus_mono_ns
+            if grace:
+                length = int(grace.group(1)) if grace_ms is None else grace_ms
+                logged.append((mono, length * NS_PER_MS, grace.group(2)))
+            else:
+                reinits.append(mono)
+    events = list(logged)
+    if grace_ms is not None:
+        for r in reinits:
+            if not any(r <= start <= r + 1000 * NS_PER_MS for start, _, _ in logged):
+                events.append((r, grace_ms * NS_PER_MS, "crash restart, none logged"))
+    return sorted(events)
+
+
+def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0):
     origin = min((o["invoke_ns"] for o in ops), default=0)
 
     def t(ns):
@@ -179,6 +233,21 @@ def check(ops, tolerance_ns=0, max_examples=5):
             fence.append((seen[g.fence], g, "same fence"))
         seen[g.fence] = g
 
+    # Grace: no grant invoked after the grace started may complete before it ends.
+    grace = []
+    after_ns = 10 * NS_PER_MS + clock_slack_ns
+    before_ns = 200 * NS_PER_MS + clock_slack_ns
+    first_grants = []
+    for start, length, reason in graces:
+        later = [g for g in grants if g.invoke > start + after_ns]
+        if later:
+            first_grants.append((min(g.ok for g in later) - start) / NS_PER_MS)
+        if length <= after_ns + before_ns:
+            continue
+        for g in later:
+            if g.ok < start + length - before_ns:
+                grace.append((start, length, reason, g))
+
     report = {
         "ops": stats["ops"],
         "try_lock": stats["try_lock"],
@@ -194,6 +263,8 @@ def check(ops, tolerance_ns=0, max_examples=5):
         "empty_windows": stats["empty_windows"],
         "mutex_violations": len(mutex),
         "fence_violations": len(fence),
+        "grace_periods": len(graces),
+        "grace_violations": len(grace),
         "lock_id_reuse": sum(1 for kind, _ in problems if kind == "lock_id"),
         "history_problems": sum(1 for kind, _ in problems if kind == "history"),
         "span_s": round((max((o["complete_ns"] for o in ops), default=origin) - origin) / 1e9, 3),
@@ -220,6 +291,16 @@ def check(ops, tolerance_ns=0, max_examples=5):
         lines.append(
             f"  {b.who()} fence {b.fence} on {b.key!r} (try_lock invoked {t(b.invoke)}, ok {t(b.ok)}) "
             f"is not above {a.who()} fence {a.fence} on {a.key!r} (ok {t(a.ok)}): {why}")
+    if graces:
+        lines.append(f"grace periods logged {len(graces)} ("
+                     + ", ".join(f"{n} x {r}" for r, n in Counter(r for _, _, r in graces).items())
+                     + "); first grant after each: "
+                     + (", ".join(f"{ms:.0f} ms" for ms in first_grants) or "none"))
+        lines.append(f"grace violations {len(grace)}")
+    for start, length, reason, g in grace[:max_examples]:
+        lines.append(
+            f"  {g.who()} fence {g.fence} on {g.key!r}: try_lock invoked {t(g.invoke)}, ok {t(g.ok)}, "
+            f"inside the {length // NS_PER_MS} ms grace ({reason}) that started at {t(start)}")
     for kind, text in problems[:max_examples]:
         lines.append(f"  {kind}: {text}")
     return report, lines
@@ -233,14 +314,28 @@ def main(argv=None):
     ap.add_argument("--tolerance-ms", type=float, default=0.0,
                     help="ignore overlaps up to this long (default 0: none)")
     ap.add_argument("--examples", type=int, default=5, help="violations explained (default 5)")
+    ap.add_argument("--server-log", help="PostgreSQL log (log_line_prefix '%%m ...', UTC) for the grace check")
+    ap.add_argument("--server-log-from", type=int, default=0, help="byte offset where this run starts")
+    ap.add_argument("--wall-minus-mono", type=int, action="append", default=[],
+                    help="CLOCK_REALTIME - CLOCK_MONOTONIC in ns; give it twice, measured "
+                         "before and after the run")
+    ap.add_argument("--grace-ms", type=int, help="check this grace length instead of the logged one")
     args = ap.parse_args(argv)
 
     ops, bad = load(args.histories)
-    report, lines = check(ops, int(args.tolerance_ms * NS_PER_MS), args.examples)
+    graces, slack = [], 0
+    if args.server_log:
+        if not args.wall_minus_mono:
+            ap.error("--server-log needs --wall-minus-mono")
+        offsets = args.wall_minus_mono
+        slack = max(offsets) - min(offsets) + NS_PER_MS
+        graces = grace_events(args.server_log, args.server_log_from,
+                              sum(offsets) // len(offsets), args.grace_ms)
+    report, lines = check(ops, int(args.tolerance_ms * NS_PER_MS), args.examples, graces, slack)
     report["label"] = args.label
     report["unparsable_lines"] = len(bad)
     violations = (report["mutex_violations"] + report["fence_violations"]
-                  + report["lock_id_reuse"])
+                  + report["grace_violations"] + report["lock_id_reuse"])
     unusable = bool(bad) or report["history_problems"] > 0 or report["ops"] == 0
     report["verdict"] = "violations" if violations else ("unusable" if unusable else "ok")
 

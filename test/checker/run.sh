@@ -91,6 +91,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+wall_minus_mono() { # CLOCK_REALTIME - CLOCK_MONOTONIC, ns: maps the server log's times onto the histories'
+	python3 -c 'import time; m = time.monotonic_ns(); w = time.time_ns(); print(w - (m + time.monotonic_ns()) // 2)'
+}
+
 free_port() {
 	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -116,6 +120,8 @@ restart_after_crash = on
 max_connections = 60
 lockext.max_ttl_ms = $MAX_TTL
 log_min_messages = log
+log_line_prefix = '%m [%p] '
+log_timezone = 'UTC'
 EOF
 pg_start() { as_pg "$PG_BIN/pg_ctl" start -D "$PGDATA" -l "$PGLOG" -w -t 60 >/dev/null 2>&1; }
 pg_start || { cat "$PGLOG" >&2; die "the server did not start"; }
@@ -238,7 +244,8 @@ FAILED=0
 run_case() { # name, file prefix
 	local name=$1 f=$WORK/$2 conninfo prepared=1 expect=clean i pid stop nem_pid events rc row
 	local -a dargs drivers=()
-	local t0=$SECONDS log_off
+	local t0=$SECONDS log_off clock0 grace_args=()
+	clock0=$(wall_minus_mono)
 	log_off=$(stat -c %s "$PGLOG" 2>/dev/null || echo 0)
 	conninfo="host=127.0.0.1 port=$PORT dbname=postgres user=postgres application_name=lockext-checker"
 	# TTLs 100..2000 ms (log-uniform), work 0..75 % of the TTL, 10 % of holders overrun
@@ -305,8 +312,12 @@ run_case() { # name, file prefix
 		-c 'SELECT pg_reload_conf()' >/dev/null 2>&1
 	wait_ready || say "the server did not come back after run $name"
 
+	# the grace check: what the server logged since the run started; the self-test checks
+	# the grace a correct server would have kept (the default, the max TTL)
+	[ "$name" = selftest ] && grace_args=(--grace-ms "$MAX_TTL")
 	python3 "$HERE/check.py" --label "$name" --json "$f.json" --examples 3 \
-		"$f".p*.jsonl >"$f.check.log" 2>&1
+		--server-log "$PGLOG" --server-log-from "$log_off" --wall-minus-mono "$clock0" --wall-minus-mono "$(wall_minus_mono)" \
+		"${grace_args[@]}" "$f".p*.jsonl >"$f.check.log" 2>&1
 	rc=$?
 	# server processes that died of anything but the nemesis' SIGKILL
 	local crashes
@@ -332,7 +343,7 @@ else:
     if r.get("verdict") == "unusable" or rc == "2": why.append("unusable history")
 verdict = "PASS" if not why else "FAIL: " + "; ".join(why)
 print("\t".join(str(x) for x in (name, g("ops"), g("grants"), g("errors"), g("mutex_violations"),
-                                  g("fence_violations"), events, secs, verdict)))
+                                  g("fence_violations"), g("grace_violations"), events, secs, verdict)))
 EOF
 )
 	RESULTS+=("$row")
@@ -356,7 +367,7 @@ done
 
 say ""
 {
-	printf 'nemesis\tops\tgrants\terrors\tmutex violations\tfence violations\tnemesis events\tseconds\tverdict\n'
+	printf 'nemesis\tops\tgrants\terrors\tmutex violations\tfence violations\tgrace violations\tnemesis events\tseconds\tverdict\n'
 	printf '%s\n' "${RESULTS[@]}"
 } | column -t -s $'\t' -o ' | '
 say "total $((SECONDS - T_START)) s"

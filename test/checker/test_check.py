@@ -118,5 +118,44 @@ class FenceTest(unittest.TestCase):
         self.assertEqual(report["lock_id_reuse"], 1)
 
 
+class GraceTest(unittest.TestCase):
+    GRACE = [(1000 * MS, 2000 * MS, "crash restart")]
+
+    def grace_violations(self, ops):
+        report, _ = check.check(ops, graces=self.GRACE)
+        return report["grace_violations"]
+
+    def test_grant_inside_grace(self):
+        self.assertEqual(self.grace_violations([grant(1, 1500, 1501, "a", 1)]), 1)
+
+    def test_grant_after_grace_or_before_start(self):
+        self.assertEqual(self.grace_violations([
+            grant(1, 2900, 3001, "a", 1), grant(2, 900, 1200, "b", 2),
+            grant(3, 1005, 1100, "c", 3),   # invoked within the 10 ms margin: not claimed
+        ]), 0)
+
+    def test_log_parsing(self):
+        import tempfile
+        with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as f:
+            f.write("2026-11-27 04:19:57.322 UTC [1] LOG:  something else\n")
+            f.write("1970-01-01 00:00:10.200 UTC [9] LOG:  all server processes terminated; "
+                    "reinitializing\n")
+            f.write("1970-01-01 00:00:10.250 UTC [9] LOG:  lockext: no lease will be granted "
+                    "for 2000 ms (crash restart)\n")
+        try:
+            events = check.grace_events(f.name, 0, wall_minus_mono_ns=4 * 10**9)
+            self.assertEqual(events, [(6_250 * MS, 2000 * MS, "crash restart")])
+            events = check.grace_events(f.name, 0, 0, grace_ms=500)
+            self.assertEqual(events, [(10_250 * MS, 500 * MS, "crash restart")])
+            with open(f.name, "a") as g:  # a crash without a grace line (grace off)
+                g.write("1970-01-01 00:00:20.000 UTC [9] LOG:  all server processes "
+                        "terminated; reinitializing\n")
+            self.assertEqual(len(check.grace_events(f.name, 0, 0)), 1)
+            events = check.grace_events(f.name, 0, 0, grace_ms=500)
+            self.assertEqual(events[1], (20_000 * MS, 500 * MS, "crash restart, none logged"))
+        finally:
+            os.unlink(f.name)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=1)
