@@ -240,8 +240,8 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0):
     first_grants = []
     for start, length, reason in graces:
         later = [g for g in grants if g.invoke > start + after_ns]
-        if later:
-            first_grants.append((min(g.ok for g in later) - start) / NS_PER_MS)
+        first_grants.append(f"{(min(g.ok for g in later) - start) / NS_PER_MS:.0f} ms"
+                            if later else "none")
         if length <= after_ns + before_ns:
             continue
         for g in later:
@@ -294,8 +294,7 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0):
     if graces:
         lines.append(f"grace periods logged {len(graces)} ("
                      + ", ".join(f"{n} x {r}" for r, n in Counter(r for _, _, r in graces).items())
-                     + "); first grant after each: "
-                     + (", ".join(f"{ms:.0f} ms" for ms in first_grants) or "none"))
+                     + "); first grant after each: " + ", ".join(first_grants))
         lines.append(f"grace violations {len(grace)}")
     for start, length, reason, g in grace[:max_examples]:
         lines.append(
