@@ -118,13 +118,9 @@ GRACE_MSG = re.compile(r"lockext: no lease will be granted for (\d+) ms \(([^)]*
 REINIT_MSG = "all server processes terminated; reinitializing"
 
 
-def grace_events(path, offset, wall_minus_mono_ns, grace_ms=None):
-    """Grace periods in the server log after byte offset, as (start on the monotonic
-    clock, length in ns, reason): every "no lease will be granted" line. With grace_ms
-    (what a correct server would keep; the self-test runs with the grace off, so the
-    server logs none) also every crash reinitialisation that no such line follows within
-    a second, starting at the reinitialisation (the grace can only start later)."""
-    logged, reinits = [], []
+def server_log_events(path, offset, wall_minus_mono_ns):
+    """(monotonic time, grace match or None for a crash reinitialisation) for each such
+    line of the server log after byte offset."""
     with open(path, "rb") as f:
         f.seek(offset)
         for raw in f:
@@ -140,12 +136,22 @@ def grace_events(path, offset, wall_minus_mono_ns, grace_ms=None):
             day, _, frac = stamp.partition(".")
             wall_ns = (calendar.timegm(datetime.strptime(day, "%Y-%m-%d %H:%M:%S").timetuple())
                        * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9]))
-            mono = wall_ns - wall_minus_mono_ns
-            if grace:
-                length = int(grace.group(1)) if grace_ms is None else grace_ms
-                logged.append((mono, length * NS_PER_MS, grace.group(2)))
-            else:
-                reinits.append(mono)
+            yield wall_ns - wall_minus_mono_ns, grace
+
+
+def grace_events(path, offset, wall_minus_mono_ns, grace_ms=None):
+    """Grace periods in the server log after byte offset, as (start on the monotonic
+    clock, length in ns, reason): every "no lease will be granted" line. With grace_ms
+    (what a correct server would keep; the self-test runs with the grace off, so the
+    server logs none) also every crash reinitialisation that no such line follows within
+    a second, starting at the reinitialisation (the grace can only start later)."""
+    logged, reinits = [], []
+    for mono, grace in server_log_events(path, offset, wall_minus_mono_ns):
+        if grace:
+            length = int(grace.group(1)) if grace_ms is None else grace_ms
+            logged.append((mono, length * NS_PER_MS, grace.group(2)))
+        else:
+            reinits.append(mono)
     events = list(logged)
     if grace_ms is not None:
         for r in reinits:
@@ -154,7 +160,13 @@ def grace_events(path, offset, wall_minus_mono_ns, grace_ms=None):
     return sorted(events)
 
 
-def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0):
+def lease_loss_events(path, offset, wall_minus_mono_ns):
+    """Instants at which the server may legitimately have lost its leases: crash
+    reinitialisations and every grace start (unclean start, leases not restored)."""
+    return sorted(mono for mono, _ in server_log_events(path, offset, wall_minus_mono_ns))
+
+
+def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, losses=None):
     origin = min((o["invoke_ns"] for o in ops), default=0)
 
     def t(ns):
@@ -164,6 +176,7 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0):
     problems = []          # damaged-history notes
     grants = []
     by_lock_id = {}
+    lost = []              # renews told "lock lost" while the lease had to be live
     for o in sorted(ops, key=lambda o: o["invoke_ns"]):
         stats["ops"] += 1
         stats[o["op"]] += 1
@@ -186,6 +199,9 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0):
         if g is None:
             problems.append(("history", f"{o['op']} of unknown lock_id {o.get('lock_id')}"))
             continue
+        if (o["op"] == "renew" and "lock lost" in (o.get("error") or "")
+                and g.release_invoke is None and o["complete_ns"] < g.lease_end()):
+            lost.append((g, o))
         if o["op"] == "renew" and o["outcome"] == "ok":
             g.renews += 1
             ttl_ns = int(o["ttl_ms"]) * NS_PER_MS
@@ -248,6 +264,15 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0):
             if g.ok < start + length - before_ns:
                 grace.append((start, length, reason, g))
 
+    # Lost leases: a renew that completed before the lease could have expired must succeed
+    # unless the server crashed (or started uncleanly) since the grant.
+    early = []
+    if losses is not None:
+        margin = 1000 * NS_PER_MS
+        for g, o in lost:
+            if not any(g.invoke - margin <= x <= o["complete_ns"] + margin for x in losses):
+                early.append((g, o))
+
     report = {
         "ops": stats["ops"],
         "try_lock": stats["try_lock"],
@@ -265,6 +290,7 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0):
         "fence_violations": len(fence),
         "grace_periods": len(graces),
         "grace_violations": len(grace),
+        "lost_leases": len(early),
         "lock_id_reuse": sum(1 for kind, _ in problems if kind == "lock_id"),
         "history_problems": sum(1 for kind, _ in problems if kind == "history"),
         "span_s": round((max((o["complete_ns"] for o in ops), default=origin) - origin) / 1e9, 3),
@@ -300,6 +326,14 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0):
         lines.append(
             f"  {g.who()} fence {g.fence} on {g.key!r}: try_lock invoked {t(g.invoke)}, ok {t(g.ok)}, "
             f"inside the {length // NS_PER_MS} ms grace ({reason}) that started at {t(start)}")
+    if losses is not None:
+        lines.append(f"leases lost early {len(early)} (renew said 'lock lost' before the lease "
+                     f"could have expired, no crash in between; {len(lost)} such renews in all)")
+    for g, o in early[:max_examples]:
+        lines.append(
+            f"  {g.who()} fence {g.fence} on {g.key!r} (granted {t(g.ok)}, lease known until "
+            f"{t(g.lease_end())}): renew invoked {t(o['invoke_ns'])} answered 'lock lost' at "
+            f"{t(o['complete_ns'])}")
     for kind, text in problems[:max_examples]:
         lines.append(f"  {kind}: {text}")
     return report, lines
@@ -322,19 +356,22 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     ops, bad = load(args.histories)
-    graces, slack = [], 0
+    graces, slack, losses = [], 0, None
     if args.server_log:
         if not args.wall_minus_mono:
             ap.error("--server-log needs --wall-minus-mono")
         offsets = args.wall_minus_mono
         slack = max(offsets) - min(offsets) + NS_PER_MS
-        graces = grace_events(args.server_log, args.server_log_from,
-                              sum(offsets) // len(offsets), args.grace_ms)
-    report, lines = check(ops, int(args.tolerance_ms * NS_PER_MS), args.examples, graces, slack)
+        wall_minus_mono = sum(offsets) // len(offsets)
+        graces = grace_events(args.server_log, args.server_log_from, wall_minus_mono, args.grace_ms)
+        losses = lease_loss_events(args.server_log, args.server_log_from, wall_minus_mono)
+    report, lines = check(ops, int(args.tolerance_ms * NS_PER_MS), args.examples, graces, slack,
+                          losses)
     report["label"] = args.label
     report["unparsable_lines"] = len(bad)
     violations = (report["mutex_violations"] + report["fence_violations"]
-                  + report["grace_violations"] + report["lock_id_reuse"])
+                  + report["grace_violations"] + report["lost_leases"]
+                  + report["lock_id_reuse"])
     unusable = bool(bad) or report["history_problems"] > 0 or report["ops"] == 0
     report["verdict"] = "violations" if violations else ("unusable" if unusable else "ok")
 

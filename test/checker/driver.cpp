@@ -243,30 +243,44 @@ public:
             op.lock_id = handle.lock_id;
             op.fence = handle.fence;
             emit(op);
-            hold(handle);
+            hold(handle, op.invoke_ns);
         }
     }
 
 private:
-    void hold(const lockext::LockHandle &handle)
+    /* Works under the lease; granted_at = invoke time of the try_lock that granted it. */
+    void hold(const lockext::LockHandle &handle, std::int64_t granted_at)
     {
         const std::int64_t ttl = static_cast<std::int64_t>(handle.ttl_ms);
-        const int pct = uniform(0, 99) < m_cfg.overrun_pct
-                            ? uniform(100, 150)
-                            : uniform(m_cfg.work_min_pct, m_cfg.work_max_pct);
-        const std::int64_t work_ms = ttl * pct / 100;
+        /* renewing holders are the keeper's use case, jobs longer than the TTL: they
+         * work 1-3 TTLs; the others work --work-*-pct of it, or overrun it by up to 50 % */
         const bool renewing = uniform(0, 99) < m_cfg.renew_pct;
+        const int pct = renewing                             ? uniform(100, 300)
+                        : uniform(0, 99) < m_cfg.overrun_pct ? uniform(100, 150)
+                                                             : uniform(m_cfg.work_min_pct,
+                                                                       m_cfg.work_max_pct);
+        const std::int64_t work_ms = ttl * pct / 100;
         const std::int64_t work_end =
             std::min(mono_ns() + work_ms * 1000000, m_deadline);
         if (renewing) {
+            /* like LeaseKeeper: renew every ttl/3; after a backend failure retry every
+             * ttl/10 until the lease is known to have run out; "lock lost" ends it */
             const std::int64_t interval = std::max<std::int64_t>(ttl / 3, 1) * 1000000;
+            const std::int64_t retry = std::max<std::int64_t>(ttl / 10, 10) * 1000000;
+            std::int64_t valid_until = granted_at + ttl * 1000000;
             std::int64_t next = mono_ns() + interval;
             while (next < work_end) {
                 sleep_until_ns(next);
                 const Op op = logged("renew", handle, [&] { return m_plugin.renew(handle); });
-                if (!op.error.empty())
-                    break; /* the keeper tells the worker to stop */
-                next = op.invoke_ns + interval;
+                if (op.error.empty()) {
+                    valid_until = op.invoke_ns + ttl * 1000000;
+                    next = op.invoke_ns + interval;
+                } else if (op.error.find("lock lost") != std::string::npos ||
+                           mono_ns() >= valid_until) {
+                    break; /* lost: the keeper tells the worker to stop */
+                } else {
+                    next = std::min(mono_ns() + retry, valid_until);
+                }
             }
         }
         sleep_until_ns(work_end);

@@ -248,10 +248,10 @@ run_case() { # name, file prefix
 	clock0=$(wall_minus_mono)
 	log_off=$(stat -c %s "$PGLOG" 2>/dev/null || echo 0)
 	conninfo="host=127.0.0.1 port=$PORT dbname=postgres user=postgres application_name=lockext-checker"
-	# TTLs 100..2000 ms (log-uniform), work 0..75 % of the TTL, 10 % of holders overrun
-	# it by up to 50 %, 30 % renew every ttl/3 while working
+	# TTLs 100..2000 ms (log-uniform); 20 % of holders renew every ttl/3 while working
+	# 1-3 TTLs, the others work 0..75 % of the TTL, or (10 %) overrun it by up to 50 %
 	dargs=(--keys "$KEYS" --threads "$THREADS" --ttl-ms "$MAX_TTL" --ttl-min-ms 100
-		--work-max-pct 75 --overrun-pct 10 --renew-pct 30)
+		--work-max-pct 75 --overrun-pct 10 --renew-pct 20)
 	case $name in
 	pgbouncer)
 		start_pgbouncer || { say "pgbouncer did not start"; cat "$WORK/pgb.log" >&2; }
@@ -343,7 +343,8 @@ else:
     if r.get("verdict") == "unusable" or rc == "2": why.append("unusable history")
 verdict = "PASS" if not why else "FAIL: " + "; ".join(why)
 print("\t".join(str(x) for x in (name, g("ops"), g("grants"), g("errors"), g("mutex_violations"),
-                                  g("fence_violations"), g("grace_violations"), events, secs, verdict)))
+                                  g("fence_violations"), g("grace_violations"), g("lost_leases"), events, secs,
+                                  verdict)))
 EOF
 )
 	RESULTS+=("$row")
@@ -367,7 +368,7 @@ done
 
 say ""
 {
-	printf 'nemesis\tops\tgrants\terrors\tmutex violations\tfence violations\tgrace violations\tnemesis events\tseconds\tverdict\n'
+	printf 'nemesis\tops\tgrants\terrors\tmutex violations\tfence violations\tgrace violations\tleases lost early\tnemesis events\tseconds\tverdict\n'
 	printf '%s\n' "${RESULTS[@]}"
 } | column -t -s $'\t' -o ' | '
 say "total $((SECONDS - T_START)) s"

@@ -134,6 +134,20 @@ class GraceTest(unittest.TestCase):
             grant(3, 1005, 1100, "c", 3),   # invoked within the 10 ms margin: not claimed
         ]), 0)
 
+    def lost(self, ops, losses):
+        report, _ = check.check(ops, losses=losses)
+        return report["lost_leases"]
+
+    def test_renew_refused_while_lease_live(self):
+        ops = [grant(1, 0, 5, "a", 1),
+               op("renew", 1, 300, 301, "fail", lock_id="a")]
+        ops[1]["error"] = "renew failed: lock lost: 'k' is no longer held by this lock_id"
+        self.assertEqual(self.lost(ops, []), 1)
+        self.assertEqual(self.lost(ops, [200 * MS]), 0)      # a crash in between excuses it
+        self.assertEqual(self.lost(ops, None), 0)           # no server log: not checked
+        ops[1]["complete_ns"] = 1001 * MS                   # may have arrived after expiry
+        self.assertEqual(self.lost(ops, []), 0)
+
     def test_log_parsing(self):
         import tempfile
         with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as f:
