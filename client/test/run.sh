@@ -52,11 +52,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'FAILED=$((FAILED + 1)); say "run.sh: interrupted"; finish' INT TERM
 
-# A TCP port on 127.0.0.1 that nothing listens on right now.
+# A TCP port on 127.0.0.1 that nothing listens on right now, below the kernel's
+# ephemeral range (an outgoing connection's local port refuses connect() but
+# still cannot be bound).
 free_port() {
-    local p
+    local p low
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((20000 + RANDOM % (low - 20000)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0
@@ -119,9 +122,12 @@ export LOCKEXT_TEST_DSN="host=127.0.0.1 port=$PORT dbname=postgres user=postgres
 export LOCKEXT_TEST_PG_STOP="$PGCTL stop -m fast"
 export LOCKEXT_TEST_PG_START="$PGCTL start"
 
-BPORT=$(free_port) || die "no free port"
-printf '"postgres" ""\n' >"$WORK/pgb/users.txt"
-cat >"$WORK/pgb/pgbouncer.ini" <<INI
+# PgBouncer on a fresh port; retried on another port if the first is taken
+# between the check and pgbouncer's bind().
+start_pgbouncer() {
+    BPORT=$(free_port) || die "no free port"
+    printf '"postgres" ""\n' >"$WORK/pgb/users.txt"
+    cat >"$WORK/pgb/pgbouncer.ini" <<INI
 [databases]
 postgres = host=127.0.0.1 port=$PORT dbname=postgres
 [pgbouncer]
@@ -138,18 +144,23 @@ server_check_delay = 0
 logfile = $WORK/pgb/pgbouncer.log
 pidfile = $WORK/pgb/pgbouncer.pid
 INI
-chown -R postgres:postgres "$WORK/pgb"
-runuser -u postgres -- /usr/sbin/pgbouncer -d "$WORK/pgb/pgbouncer.ini" >>"$LOG" 2>&1 ||
-    die "pgbouncer failed to start"
-for _ in $(seq 1 50); do
-    [ -s "$WORK/pgb/pgbouncer.pid" ] && break
-    sleep 0.1
+    chown -R postgres:postgres "$WORK/pgb"
+    runuser -u postgres -- /usr/sbin/pgbouncer -d "$WORK/pgb/pgbouncer.ini" >>"$LOG" 2>&1 || return 1
+    for _ in $(seq 1 50); do
+        [ -s "$WORK/pgb/pgbouncer.pid" ] && break
+        sleep 0.1
+    done
+    BOUNCER_PID=$(cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null)
+    export LOCKEXT_TEST_PGBOUNCER_DSN="host=127.0.0.1 port=$BPORT dbname=postgres user=postgres"
+    export LOCKEXT_TEST_PGBOUNCER_ADMIN_DSN="host=127.0.0.1 port=$BPORT dbname=pgbouncer user=postgres"
+    "$PGBIN/psql" "$LOCKEXT_TEST_PGBOUNCER_DSN" -qAtc 'SELECT 1' >>"$LOG" 2>&1
+}
+for attempt in 1 2 3; do
+    start_pgbouncer && break
+    [ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null
+    rm -f "$WORK/pgb/pgbouncer.pid"
+    [ "$attempt" = 3 ] && die "cannot connect through pgbouncer: $(tail -n 3 "$WORK/pgb/pgbouncer.log")"
 done
-BOUNCER_PID=$(cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null)
-export LOCKEXT_TEST_PGBOUNCER_DSN="host=127.0.0.1 port=$BPORT dbname=postgres user=postgres"
-export LOCKEXT_TEST_PGBOUNCER_ADMIN_DSN="host=127.0.0.1 port=$BPORT dbname=pgbouncer user=postgres"
-"$PGBIN/psql" "$LOCKEXT_TEST_PGBOUNCER_DSN" -qAtc 'SELECT 1' >>"$LOG" 2>&1 ||
-    die "cannot connect through pgbouncer"
 say "server on port $PORT, pgbouncer on port $BPORT"
 
 # ---- 4. tests ------------------------------------------------------------------
