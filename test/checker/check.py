@@ -114,13 +114,16 @@ def load(paths):
 
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (\S+) (.*)")
-GRACE_MSG = re.compile(r"lockext: no lease will be granted for (\d+) ms \(([^)]*)\)")
-REINIT_MSG = "all server processes terminated; reinitializing"
+LOG_EVENTS = {
+    "grace": re.compile(r"lockext: no lease will be granted for (\d+) ms \(([^)]*)\)"),
+    "reinit": re.compile(r"all server processes terminated; reinitializing"),
+    "restored": re.compile(r"lockext: restored (\d+) of (\d+) saved leases"),
+}
 
 
 def server_log_events(path, offset, wall_minus_mono_ns):
-    """(monotonic time, grace match or None for a crash reinitialisation) for each such
-    line of the server log after byte offset."""
+    """(monotonic time, kind, match) for each line of the server log after byte offset
+    that LOG_EVENTS knows."""
     with open(path, "rb") as f:
         f.seek(offset)
         for raw in f:
@@ -128,45 +131,50 @@ def server_log_events(path, offset, wall_minus_mono_ns):
             if not m:
                 continue
             stamp, zone, text = m.groups()
-            grace = GRACE_MSG.search(text)
-            if not grace and REINIT_MSG not in text:
+            for kind, pattern in LOG_EVENTS.items():
+                event = pattern.search(text)
+                if event:
+                    break
+            else:
                 continue
             if zone not in ("UTC", "GMT"):
                 raise ValueError(f"server log timestamps must be in UTC, not {zone}")
             day, _, frac = stamp.partition(".")
             wall_ns = (calendar.timegm(datetime.strptime(day, "%Y-%m-%d %H:%M:%S").timetuple())
                        * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9]))
-            yield wall_ns - wall_minus_mono_ns, grace
+            yield wall_ns - wall_minus_mono_ns, kind, event
 
 
-def grace_events(path, offset, wall_minus_mono_ns, grace_ms=None):
-    """Grace periods in the server log after byte offset, as (start on the monotonic
-    clock, length in ns, reason): every "no lease will be granted" line. With grace_ms
-    (what a correct server would keep; the self-test runs with the grace off, so the
-    server logs none) also every crash reinitialisation that no such line follows within
-    a second, starting at the reinitialisation (the grace can only start later)."""
-    logged, reinits = [], []
-    for mono, grace in server_log_events(path, offset, wall_minus_mono_ns):
-        if grace:
-            length = int(grace.group(1)) if grace_ms is None else grace_ms
-            logged.append((mono, length * NS_PER_MS, grace.group(2)))
-        else:
-            reinits.append(mono)
-    events = list(logged)
+def grace_events(events, grace_ms=None):
+    """Grace periods among server_log_events, as (start on the monotonic clock, length in
+    ns, reason): every "no lease will be granted" line. With grace_ms (what a correct
+    server would keep; the self-test runs with the grace off, so the server logs none)
+    also every crash reinitialisation that no such line follows within a second, starting
+    at the reinitialisation (the grace can only start later)."""
+    logged = [(mono, (int(m.group(1)) if grace_ms is None else grace_ms) * NS_PER_MS, m.group(2))
+              for mono, kind, m in events if kind == "grace"]
+    result = list(logged)
     if grace_ms is not None:
-        for r in reinits:
-            if not any(r <= start <= r + 1000 * NS_PER_MS for start, _, _ in logged):
-                events.append((r, grace_ms * NS_PER_MS, "crash restart, none logged"))
-    return sorted(events)
+        for r, kind, _ in events:
+            if kind == "reinit" and not any(r <= start <= r + 1000 * NS_PER_MS
+                                            for start, _, _ in logged):
+                result.append((r, grace_ms * NS_PER_MS, "crash restart, none logged"))
+    return sorted(result)
 
 
-def lease_loss_events(path, offset, wall_minus_mono_ns):
+def lease_loss_events(events):
     """Instants at which the server may legitimately have lost its leases: crash
     reinitialisations and every grace start (unclean start, leases not restored)."""
-    return sorted(mono for mono, _ in server_log_events(path, offset, wall_minus_mono_ns))
+    return sorted(mono for mono, kind, _ in events if kind in ("grace", "reinit"))
 
 
-def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, losses=None):
+def restore_events(events):
+    """Starts that restored the leases saved at a clean shutdown."""
+    return sorted(mono for mono, kind, _ in events if kind == "restored")
+
+
+def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, losses=None,
+          restores=()):
     origin = min((o["invoke_ns"] for o in ops), default=0)
 
     def t(ns):
@@ -273,6 +281,12 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, loss
             if not any(g.invoke - margin <= x <= o["complete_ns"] + margin for x in losses):
                 early.append((g, o))
 
+    # Information: leases granted before a restart that restored saved leases and renewed
+    # after it (the restore path exercised end to end).
+    survived = sum(1 for g in grants
+                   if any(g.ok < x and g.extended_from and g.extended_from[0] > x
+                          for x in restores))
+
     report = {
         "ops": stats["ops"],
         "try_lock": stats["try_lock"],
@@ -291,6 +305,8 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, loss
         "grace_periods": len(graces),
         "grace_violations": len(grace),
         "lost_leases": len(early),
+        "restarts_restoring": len(restores),
+        "leases_renewed_across_restore": survived,
         "lock_id_reuse": sum(1 for kind, _ in problems if kind == "lock_id"),
         "history_problems": sum(1 for kind, _ in problems if kind == "history"),
         "span_s": round((max((o["complete_ns"] for o in ops), default=origin) - origin) / 1e9, 3),
@@ -329,6 +345,9 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, loss
     if losses is not None:
         lines.append(f"leases lost early {len(early)} (renew said 'lock lost' before the lease "
                      f"could have expired, no crash in between; {len(lost)} such renews in all)")
+    if restores:
+        lines.append(f"clean restarts that restored leases {len(restores)}; leases renewed "
+                     f"across one: {survived}")
     for g, o in early[:max_examples]:
         lines.append(
             f"  {g.who()} fence {g.fence} on {g.key!r} (granted {t(g.ok)}, lease known until "
@@ -356,17 +375,19 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     ops, bad = load(args.histories)
-    graces, slack, losses = [], 0, None
+    graces, slack, losses, restores = [], 0, None, []
     if args.server_log:
         if not args.wall_minus_mono:
             ap.error("--server-log needs --wall-minus-mono")
         offsets = args.wall_minus_mono
         slack = max(offsets) - min(offsets) + NS_PER_MS
-        wall_minus_mono = sum(offsets) // len(offsets)
-        graces = grace_events(args.server_log, args.server_log_from, wall_minus_mono, args.grace_ms)
-        losses = lease_loss_events(args.server_log, args.server_log_from, wall_minus_mono)
+        events = list(server_log_events(args.server_log, args.server_log_from,
+                                        sum(offsets) // len(offsets)))
+        graces = grace_events(events, args.grace_ms)
+        losses = lease_loss_events(events)
+        restores = restore_events(events)
     report, lines = check(ops, int(args.tolerance_ms * NS_PER_MS), args.examples, graces, slack,
-                          losses)
+                          losses, restores)
     report["label"] = args.label
     report["unparsable_lines"] = len(bad)
     violations = (report["mutex_violations"] + report["fence_violations"]

@@ -35,7 +35,7 @@ done
 
 # --- packages ---------------------------------------------------------------------------
 missing=()
-for p in python3 pgbouncer postgresql-15 g++ pkg-config libpq-dev; do
+for p in python3 pgbouncer postgresql-15 g++ pkg-config libpq-dev procps bsdextrautils; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -157,16 +157,22 @@ class GraceTest(unittest.TestCase):
             f.write("1970-01-01 00:00:10.250 UTC [9] LOG:  lockext: no lease will be granted "
                     "for 2000 ms (crash restart)\n")
         try:
-            events = check.grace_events(f.name, 0, wall_minus_mono_ns=4 * 10**9)
-            self.assertEqual(events, [(6_250 * MS, 2000 * MS, "crash restart")])
-            events = check.grace_events(f.name, 0, 0, grace_ms=500)
-            self.assertEqual(events, [(10_250 * MS, 500 * MS, "crash restart")])
+            events = list(check.server_log_events(f.name, 0, wall_minus_mono_ns=4 * 10**9))
+            self.assertEqual(check.grace_events(events), [(6_250 * MS, 2000 * MS, "crash restart")])
+            events = list(check.server_log_events(f.name, 0, 0))
+            self.assertEqual(check.grace_events(events, grace_ms=500),
+                             [(10_250 * MS, 500 * MS, "crash restart")])
+            self.assertEqual(check.lease_loss_events(events), [10_200 * MS, 10_250 * MS])
             with open(f.name, "a") as g:  # a crash without a grace line (grace off)
                 g.write("1970-01-01 00:00:20.000 UTC [9] LOG:  all server processes "
                         "terminated; reinitializing\n")
-            self.assertEqual(len(check.grace_events(f.name, 0, 0)), 1)
-            events = check.grace_events(f.name, 0, 0, grace_ms=500)
-            self.assertEqual(events[1], (20_000 * MS, 500 * MS, "crash restart, none logged"))
+                g.write("1970-01-01 00:00:30.000 UTC [9] LOG:  lockext: restored 2 of 2 saved "
+                        "leases (0 expired during the downtime)\n")
+            events = list(check.server_log_events(f.name, 0, 0))
+            self.assertEqual(len(check.grace_events(events)), 1)
+            graces = check.grace_events(events, grace_ms=500)
+            self.assertEqual(graces[1], (20_000 * MS, 500 * MS, "crash restart, none logged"))
+            self.assertEqual(check.restore_events(events), [30_000 * MS])
         finally:
             os.unlink(f.name)
 
