@@ -9,8 +9,9 @@
 #      lockext.max_locks=1000, 127.0.0.1 on a free port) and PgBouncer 1.18 in
 #      transaction pooling mode in front of it;
 #   4. runs every gtest binary of every build (pg cases included: a skipped test counts
-#      as a failure here) and builds + runs a tiny app against the INSTALLED library
-#      using only `pkg-config --cflags --libs lockext-client`;
+#      as a failure here), test/lockext_run_test.sh with every build's lockext-run, and
+#      builds + runs a tiny app against the INSTALLED library using only
+#      `pkg-config --cflags --libs lockext-client` (and runs the installed lockext-run);
 #   5. prints per-binary results and a final line "N passed, M failed"; exits non-zero
 #      on any failure. Everything it started is stopped on exit.
 # Build output goes to a log file that is printed only on failure.
@@ -201,6 +202,33 @@ launcher() {
 for b in release asan tsan; do
     run_gtest "conformance-$b" $(launcher $b) "$CLIENT/build-$b/lockext_conformance_test"
 done
+# run_tool_test LABEL COMMAND...: lockext_run_test.sh output ("ok - ..." / "not ok - ...",
+# last line "lockext-run tests: N passed, M failed").
+run_tool_test() {
+    local label=$1 out="$WORK/$1.log" start=$SECONDS rc p f
+    shift
+    timeout 300 "$@" >"$out" 2>&1
+    rc=$?
+    p=$(sed -n 's/^lockext-run tests: \([0-9]*\) passed.*/\1/p' "$out")
+    f=$(sed -n 's/^lockext-run tests: [0-9]* passed, \([0-9]*\) failed/\1/p' "$out")
+    p=${p:-0} f=${f:-0}
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    PASSED=$((PASSED + p))
+    FAILED=$((FAILED + f))
+    if [ "$rc" -eq 0 ] && [ "$f" -eq 0 ]; then
+        say "PASS $label: $p passed ($((SECONDS - start)) s)"
+    else
+        say "FAIL $label: $p passed, $f failed, exit $rc ($((SECONDS - start)) s)"
+        grep -E '^not ok|ERROR: [A-Za-z]*Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$out" |
+            head -n 40
+        say "  full output: $out"
+    fi
+}
+# lockext-run (the flock-like tool) against the server, in every build.
+for b in release asan tsan; do
+    run_tool_test "lockext-run-$b" $(launcher $b) bash "$CLIENT/test/lockext_run_test.sh" \
+        "$CLIENT/build-$b/lockext-run" "$LOCKEXT_TEST_DSN"
+done
 # pg_test stops and restarts the server: run it after all conformance runs.
 for b in release asan tsan; do
     run_gtest "pg-$b" $(launcher $b) "$CLIENT/build-$b/lockext_pg_test"
@@ -212,6 +240,8 @@ pkgconfig_test() {
     cmake --install "$CLIENT/build-release" --prefix "$prefix" >>"$LOG" 2>&1 || return 1
     readelf -d "$prefix/lib/liblockext-client.so" | grep -q 'SONAME.*liblockext-client.so.1' ||
         { say "  no SONAME liblockext-client.so.1" >>"$LOG"; return 1; }
+    "$prefix/bin/lockext-run" --version >>"$LOG" 2>&1 ||
+        { say "  installed bin/lockext-run does not run" >>"$LOG"; return 1; }
     mkdir -p "$app" && cp "$CLIENT/test/pkgconfig_app/main.cpp" "$app/"
     local flags
     flags=$(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs lockext-client) ||
