@@ -86,7 +86,7 @@ cleanup() {
 		[ -f "$PGDATA/postmaster.pid" ] || break
 		as_pg "$PG_BIN/pg_ctl" stop -D "$PGDATA" -m immediate -w >/dev/null 2>&1 || sleep 1
 	done
-	if [ "$KEEP" = 1 ]; then say "kept $WORK" >&2; else rm -rf "$WORK"; fi
+	[ "$KEEP" = 1 ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -372,5 +372,6 @@ say ""
 	printf '%s\n' "${RESULTS[@]}"
 } | column -t -s $'\t' -o ' | '
 say "total $((SECONDS - T_START)) s"
+[ "$KEEP" = 1 ] && say "kept $WORK (histories, checker output, nemesis logs, postgres.log, pgb.log)"
 say "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
