@@ -370,7 +370,7 @@ say ""
 {
 	printf 'nemesis\tops\tgrants\terrors\tmutex violations\tfence violations\tgrace violations\tleases lost early\tnemesis events\tseconds\tverdict\n'
 	printf '%s\n' "${RESULTS[@]}"
-} | column -t -s $'\t' -o ' | '
+} | column -t -s $'\t' -o ' | ' | sed 's/^/| /; s/$/ |/'
 say "total $((SECONDS - T_START)) s"
 [ "$KEEP" = 1 ] && say "kept $WORK (histories, checker output, nemesis logs, postgres.log, pgb.log)"
 say "$PASSED passed, $FAILED failed"
