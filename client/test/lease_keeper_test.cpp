@@ -22,6 +22,7 @@ using Clock = std::chrono::steady_clock;
 using lockext::LeaseKeeper;
 using lockext::LockHandle;
 using lockext::Result;
+using lockext::test::LostLog;
 
 namespace
 {
@@ -62,29 +63,6 @@ class FaultyRenew final : public lockext::LockingPlugin
 
   private:
 	lockext::MemoryLockingPlugin m_inner;
-};
-
-/* Records the on_lost calls and when they happened. */
-struct LostLog
-{
-	std::mutex mutex;
-	std::condition_variable cv;
-	std::vector<std::pair<std::string, Clock::time_point>> calls;
-
-	LeaseKeeper::LostCallback callback()
-	{
-		return [this](const std::string &why)
-		{
-			std::lock_guard g(mutex);
-			calls.emplace_back(why, Clock::now());
-			cv.notify_all();
-		};
-	}
-	bool wait(std::chrono::milliseconds bound)
-	{
-		std::unique_lock lock(mutex);
-		return cv.wait_for(lock, bound, [&] { return !calls.empty(); });
-	}
 };
 
 LockHandle

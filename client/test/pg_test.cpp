@@ -532,6 +532,91 @@ TEST(Example, NightlyReportRunsOnceAndRenewsWhileRunning)
 	EXPECT_TRUE(contains(out1, "report done under fence")) << out1;
 }
 
+/* Forwards to a PgLockingPlugin and counts renew calls (to see that a keeper stops). */
+class CountingRenew final : public lockext::LockingPlugin
+{
+  public:
+	explicit CountingRenew(lockext::LockingPlugin &inner) : m_inner(inner) {}
+	std::string_view name() const override
+	{
+		return m_inner.name();
+	}
+	lockext::Result<std::optional<LockHandle>> try_lock(std::string_view k,
+														std::uint64_t ttl) override
+	{
+		return m_inner.try_lock(k, ttl);
+	}
+	lockext::Result<void> renew(const LockHandle &h) override
+	{
+		++renews;
+		return m_inner.renew(h);
+	}
+	lockext::Result<void> release(LockHandle h) override
+	{
+		return m_inner.release(std::move(h));
+	}
+	std::atomic<int> renews{0};
+
+  private:
+	lockext::LockingPlugin &m_inner;
+};
+
+/* The server's row for key in lockext_leases as "lock_id|fence" ("" if none). */
+std::string
+lease_row(const std::string &dsn, const std::string &k)
+{
+	auto row =
+		query_raw(dsn, "SELECT lock_id || '|' || fence FROM lockext_leases WHERE key = $1", k);
+	EXPECT_TRUE(row.has_value()) << row.error();
+	return row.value_or("?");
+}
+
+std::string
+row_of(const LockHandle &h)
+{
+	return h.lock_id + "|" + std::to_string(h.fence);
+}
+
+/* An operator's lockext_force_release is seen by the keeper's next renew: lost within
+ * about ttl/3 (callback and lost()), and it never renews again, so the next holder's
+ * lease is left alone. */
+TEST(PgKeeper, ForceReleaseIsReportedLostWithinATtlThirdAndNeverRenewedAgain)
+{
+	PG_PLUGIN_OR_SKIP(pg);
+	const std::string dsn = *env("LOCKEXT_TEST_DSN");
+	CountingRenew counting(*pg);
+	const std::string k = key();
+	const auto before = std::chrono::steady_clock::now();
+	auto h = pg->try_lock(k, 1500);
+	ASSERT_TRUE(h && h->has_value()) << (h ? "contention" : h.error());
+	lockext::test::LostLog log;
+	lockext::LeaseKeeper keeper(counting, **h, log.callback(), {}, before);
+	std::this_thread::sleep_for(700ms); // one renew at ~500 ms
+	EXPECT_GE(counting.renews.load(), 1);
+	EXPECT_FALSE(keeper.lost());
+	auto forced = query_raw(dsn, "SELECT lockext_force_release($1)", k);
+	ASSERT_TRUE(forced.has_value()) << forced.error();
+	ASSERT_EQ(*forced, "t");
+	const auto forced_at = std::chrono::steady_clock::now();
+	ASSERT_TRUE(log.wait(2s)) << "force release not reported";
+	const auto [why, at] = *log.first();
+	EXPECT_TRUE(keeper.lost());
+	EXPECT_LT(at - forced_at, 500ms + 300ms) << "reported later than the next renew (ttl/3)";
+	EXPECT_TRUE(contains(why, "lock lost")) << why;
+	EXPECT_EQ(keeper.lost_reason().value_or(""), why);
+
+	// Someone else takes the key; the old keeper must leave the new lease alone.
+	auto next = pg->try_lock(k, 1000);
+	ASSERT_TRUE(next && next->has_value()) << (next ? "contention" : next.error());
+	const int renews = counting.renews.load();
+	std::this_thread::sleep_for(1200ms); // > 2 renew intervals of the old keeper
+	EXPECT_EQ(counting.renews.load(), renews) << "the keeper renewed after the loss";
+	EXPECT_EQ(log.count(), 1u) << "on_lost must run once";
+	EXPECT_TRUE(keeper.lost());
+	EXPECT_EQ(lease_row(dsn, k), "") << "the 1000 ms lease of the next holder should have expired";
+	EXPECT_TRUE(keeper.release().has_value()) << "releasing a lost lease is a silent no-op";
+}
+
 /* ---- these stop the shared server: keep them last ---- */
 
 class PgServerControl : public ::testing::Test
@@ -608,6 +693,91 @@ TEST_F(PgServerControl, RestartMidUseCostsNoFailedCall)
 			EXPECT_TRUE(pg.release(**r).has_value());
 		}
 	}
+}
+
+/* A clean restart saves the live leases and restores them (downtime subtracted). A
+ * restart shorter than the keeper's known window therefore costs nothing: the renews
+ * during the downtime fail and are retried, the first one after the restart succeeds
+ * (the server still holds the lease under the same lock_id and fence), and the lease is
+ * never reported lost. */
+TEST_F(PgServerControl, KeeperKeepsItsLeaseAcrossACleanRestart)
+{
+	PgOptions options;
+	options.connect_timeout = 2s;
+	options.statement_timeout = 1000ms;
+	PgLockingPlugin pg(m_dsn, options);
+	const std::string k = key();
+	const auto before = std::chrono::steady_clock::now();
+	auto h = pg.try_lock(k, 10000);
+	ASSERT_TRUE(h && h->has_value()) << (h ? "contention" : h.error());
+	lockext::test::LostLog log;
+	lockext::LeaseKeeperOptions ko;
+	ko.interval = 500ms;
+	ko.retry_interval = 200ms;
+	lockext::LeaseKeeper keeper(pg, **h, log.callback(), ko, before);
+	std::this_thread::sleep_for(600ms);
+	stop();
+	const auto stopped = std::chrono::steady_clock::now();
+	std::this_thread::sleep_for(500ms);
+	start();
+	// A renew sent after the server went down and answered successfully can only have
+	// been answered by the restarted server: valid_until moves past stopped + ttl.
+	const auto limit = std::chrono::steady_clock::now() + 5s;
+	while (keeper.valid_until() < stopped + 10000ms && std::chrono::steady_clock::now() < limit &&
+		   !keeper.lost())
+		std::this_thread::sleep_for(50ms);
+	EXPECT_GE(keeper.valid_until(), stopped + 10000ms) << "no successful renew after the restart";
+	EXPECT_FALSE(keeper.lost()) << keeper.lost_reason().value_or("");
+	EXPECT_EQ(log.count(), 0u);
+	EXPECT_EQ(lease_row(m_dsn, k), row_of(**h)) << "the restart should restore the lease as it was";
+	auto other = pg.try_lock(k, 1000);
+	ASSERT_TRUE(other.has_value()) << other.error();
+	EXPECT_FALSE(other->has_value()) << "the restored lease must still exclude others";
+	EXPECT_TRUE(keeper.release().has_value());
+	EXPECT_EQ(lease_row(m_dsn, k), "");
+}
+
+/* A restart longer than the known window: the keeper reports the lease lost exactly
+ * when the window ends (the server is down, no renew can succeed), never renews it
+ * again, and the restarted server does not hold it either (downtime is subtracted, so
+ * it expired), so the key is free for the next holder. */
+TEST_F(PgServerControl, KeeperReportsLossWhenTheRestartOutlastsTheWindow)
+{
+	PgOptions options;
+	options.connect_timeout = 2s;
+	options.statement_timeout = 500ms;
+	PgLockingPlugin pg(m_dsn, options);
+	CountingRenew counting(pg);
+	const std::string k = key();
+	const auto before = std::chrono::steady_clock::now();
+	auto h = pg.try_lock(k, 1500);
+	ASSERT_TRUE(h && h->has_value()) << (h ? "contention" : h.error());
+	lockext::test::LostLog log;
+	lockext::LeaseKeeper keeper(counting, **h, log.callback(), {}, before);
+	stop();
+	ASSERT_TRUE(log.wait(5s)) << "the keeper did not report the loss while the server was down";
+	const auto [why, at] = *log.first();
+	EXPECT_TRUE(keeper.lost());
+	EXPECT_GE(at, keeper.valid_until()) << "reported lost before the known window ended";
+	EXPECT_LT(at, keeper.valid_until() + 1s) << "reported long after the window ended";
+	EXPECT_TRUE(contains(why, "lease ran out")) << why;
+	std::this_thread::sleep_until(before + 2000ms); // the server's lease is over too
+	start();
+	const int renews = counting.renews.load();
+	std::this_thread::sleep_for(700ms); // > one renew interval (500 ms)
+	EXPECT_EQ(counting.renews.load(), renews) << "renewed after the loss";
+	EXPECT_TRUE(keeper.lost());
+	EXPECT_EQ(lease_row(m_dsn, k), "") << "the server restored a lease that had run out";
+	auto r = pg.renew(**h);
+	for (int i = 0; i < 2 && !r && !contains(r.error(), "lock lost"); ++i)
+		r = pg.renew(**h); // the first call after a restart may fail on a dead connection
+	ASSERT_FALSE(r.has_value()) << "an expired lease must not be renewable";
+	EXPECT_TRUE(contains(r.error(), "lock lost")) << r.error();
+	auto next = pg.try_lock(k, 1000);
+	ASSERT_TRUE(next.has_value()) << next.error();
+	ASSERT_TRUE(next->has_value()) << "the key should be free after the lease expired";
+	EXPECT_GT((*next)->fence, (**h).fence);
+	EXPECT_TRUE(pg.release(**next).has_value());
 }
 
 TEST_F(PgServerControl, DowntimeGivesErrorsAndTheSameInstanceRecovers)

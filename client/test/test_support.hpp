@@ -11,13 +11,18 @@
 #ifndef LOCKEXT_TEST_SUPPORT_HPP
 #define LOCKEXT_TEST_SUPPORT_HPP
 
+#include <chrono>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
+#include <utility>
 #include <ostream>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include <lockext/lease_keeper.hpp>
 #include <lockext/locking_plugin.hpp>
 #include <lockext/pg_locking_plugin.hpp>
 
@@ -49,6 +54,42 @@ void PrintTo(const Backend &backend, std::ostream *os);
 /* A pg plugin on LOCKEXT_TEST_DSN (or the given env var), or nullptr + why. */
 std::unique_ptr<PgLockingPlugin> make_pg(std::string &why, PgOptions options = {},
 										 const char *dsn_var = "LOCKEXT_TEST_DSN");
+
+/* Records the on_lost calls and when they happened. */
+struct LostLog
+{
+	std::mutex mutex;
+	std::condition_variable cv;
+	std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> calls;
+
+	LeaseKeeper::LostCallback callback()
+	{
+		return [this](const std::string &why)
+		{
+			std::lock_guard g(mutex);
+			calls.emplace_back(why, std::chrono::steady_clock::now());
+			cv.notify_all();
+		};
+	}
+	bool wait(std::chrono::milliseconds bound)
+	{
+		std::unique_lock lock(mutex);
+		return cv.wait_for(lock, bound, [&] { return !calls.empty(); });
+	}
+	/* The first call (reason, time), if any, read under the mutex. */
+	std::optional<std::pair<std::string, std::chrono::steady_clock::time_point>> first()
+	{
+		std::lock_guard g(mutex);
+		if (calls.empty())
+			return std::nullopt;
+		return calls.front();
+	}
+	std::size_t count()
+	{
+		std::lock_guard g(mutex);
+		return calls.size();
+	}
+};
 
 /* Runs a shell command, returns its exit status (0 = success). */
 int run_command(const std::string &command);
