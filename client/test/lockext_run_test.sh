@@ -30,20 +30,24 @@ leases() { sql "SELECT count(*) FROM lockext_leases WHERE key = '$1'"; }
 now_ms() { date +%s%3N; }
 field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$DSN"; }
 
-# ---- two racing runs: the command runs exactly once -----------------------------
+# ---- four racing runs: the command runs exactly once -----------------------------
 k=$(key race)
-for i in 1 2; do
+pids=()
+for i in 1 2 3 4; do
     "$RUN" -d "$DSN" -k "$k" -t 2s -- sh -c "echo run >>'$T/race'; sleep 1" 2>"$T/race.err$i" &
-    eval "p$i=\$!"
+    pids+=($!)
 done
-wait "$p1"; s1=$?
-wait "$p2"; s2=$?
+statuses=""
+for p in "${pids[@]}"; do
+    wait "$p"
+    statuses="$statuses$?"$'\n'
+done
 runs=$(wc -l <"$T/race")
-statuses=$(printf '%s\n' "$s1" "$s2" | sort | tr '\n' ' ')
-if [ "$runs" = 1 ] && [ "$statuses" = "0 1 " ]; then
-    ok "two racing runs: the command ran once, the other exited 1 (conflict)"
+statuses=$(printf "%s" "$statuses" | sort | tr "\n" " ")
+if [ "$runs" = 1 ] && [ "$statuses" = "0 1 1 1 " ]; then
+    ok "four racing runs: the command ran once, the others exited 1 (conflict)"
 else
-    not_ok "two racing runs" "command ran $runs times, statuses $s1 $s2"
+    not_ok "four racing runs" "command ran $runs times, statuses $statuses"
 fi
 check "released after the run (no row in lockext_leases)" '[ "$(leases "$k")" = 0 ]'
 
