@@ -84,6 +84,10 @@ PgPool::connect() const
 	if (PQstatus(conn->conn.get()) != CONNECTION_OK)
 		return std::unexpected("could not connect to server: " +
 							   one_line(PQerrorMessage(conn->conn.get())));
+	/* libpq's default prints NOTICEs and WARNINGs (e.g. "terminating connection because
+	 * of crash of another server process") on the application's stderr; a library must
+	 * not, and every failure that matters reaches the caller as an error string. */
+	PQsetNoticeProcessor(conn->conn.get(), [](void *, const char *) {}, nullptr);
 	return conn;
 }
 
