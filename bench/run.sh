@@ -383,6 +383,40 @@ if [ $PROFILE = 1 ]; then
 		echo "== exclusive, top 40"
 		callgrind_annotate "$WORK/callgrind.lock" 2>/dev/null | sed -n '20,60p'
 	} >"$OUT/profile.txt"
+	# Statement level: the pgbench scripts' SQL as prepared statements, 10000 EXECUTE
+	# cycles each (the release gets a lock_id that does not match: the no-op path), minus
+	# a run that only prepares: instructions per cycle in the backend, protocol excluded.
+	stmt_sql() { # NAME: header + cycles
+		case $1 in
+		one) printf '%s\n' "PREPARE t(int) AS SELECT 1;" "PREPARE r(int, uuid) AS SELECT 1;" ;;
+		ctl) printf '%s\n' "PREPARE t(int) AS SELECT lock_id AS lid, (lock_id IS NOT NULL)::int AS got FROM (SELECT 'k' || \$1 AS key, '6ba7b810-9dad-41d1-80b4-00c04fd430c8'::uuid AS lock_id) h;" \
+			"PREPARE r(int, uuid) AS SELECT ('k' || \$1) IS NOT NULL AND \$2::uuid IS NOT NULL;" ;;
+		adv) printf '%s\n' "PREPARE t(int) AS SELECT pg_try_advisory_lock(hashtextextended('k' || \$1, 0))::int AS got;" \
+			"PREPARE r(int, uuid) AS SELECT pg_advisory_unlock(hashtextextended('k' || \$1, 0));" ;;
+		lock) printf '%s\n' "PREPARE t(int) AS SELECT lock_id AS lid, (lock_id IS NOT NULL)::int AS got FROM try_lock('k' || \$1, 60000);" \
+			"PREPARE r(int, uuid) AS SELECT release('k' || \$1, \$2);" ;;
+		field) printf '%s\n' "PREPARE t(int) AS SELECT (try_lock('k' || \$1, 60000)).lock_id AS lid;" \
+			"PREPARE r(int, uuid) AS SELECT release('k' || \$1, \$2);" ;;
+		esac
+		[ "$2" = 0 ] || awk -v n="$2" 'BEGIN { for (i = 1; i <= n; i++)
+			printf "EXECUTE t(%d);\nEXECUTE r(%d, '"'"'6ba7b810-9dad-41d1-80b4-%012d'"'"');\n", i, i, i }'
+	}
+	STMT_N=10000
+	{
+		echo
+		echo "== statement level: instructions per cycle (2 prepared statements, $STMT_N EXECUTE cycles, minus setup)"
+	} >>"$OUT/profile.txt"
+	for what in one ctl adv lock field; do
+		for n in 0 $STMT_N; do
+			stmt_sql $what $n >"$WORK/stmt-$what-$n.sql"
+			chown postgres "$WORK/stmt-$what-$n.sql"
+			(cd "$WORK" && runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.stmt-$what-$n" \
+				$PGBIN/postgres --single -D "$WORK/data" -c lockext.max_locks=100000 -c lockext.recovery_grace_ms=0 postgres \
+				<"$WORK/stmt-$what-$n.sql" >"$WORK/stmt-$what-$n.log" 2>&1)
+		done
+		I1=$(total "$WORK/callgrind.stmt-$what-$STMT_N") I0=$(total "$WORK/callgrind.stmt-$what-0")
+		printf '%-6s %8d instructions per cycle   %s\n' "$what" $(( (I1 - I0) / STMT_N )) "$(sed -n 2p "$WORK/stmt-$what-0.sql" | cut -c1-0)$(head -1 "$WORK/stmt-$what-0.sql" | cut -c19-)" >>"$OUT/profile.txt"
+	done
 	cp "$WORK/callgrind.lock" "$WORK/callgrind.base" "$OUT/" 2>/dev/null
 	say "profile written to $OUT/profile.txt"
 fi
