@@ -120,10 +120,15 @@ LockextCheckHandle(FunctionCallInfo fcinfo, int argno)
 	return PG_GETARG_HEAPTUPLEHEADER(argno);
 }
 
+/*
+ * A field of a lock_handle, by position: (key, lock_id, ttl_ms, fence,
+ * expires_at) as created by the install script.  GetAttributeByNum avoids a
+ * by-name lookup in the tuple descriptor on every call.
+ */
 Datum
-LockextHandleField(HeapTupleHeader handle, const char *field, bool *isnull)
+LockextHandleField(HeapTupleHeader handle, LockextHandleAttr attr, bool *isnull)
 {
-	return GetAttributeByName(handle, field, isnull);
+	return GetAttributeByNum(handle, (AttrNumber) attr, isnull);
 }
 
 /* Records who is asking: role, pid, application_name, client address. */
@@ -313,9 +318,9 @@ LOCKEXT_SQL_FUNCTION(lockext_renew_handle)
 {
 	HeapTupleHeader handle = LockextCheckHandle(fcinfo, 0);
 	bool		key_null, id_null, ttl_null;
-	Datum		key = LockextHandleField(handle, "key", &key_null);
-	Datum		lock_id = LockextHandleField(handle, "lock_id", &id_null);
-	Datum		ttl = LockextHandleField(handle, "ttl_ms", &ttl_null);
+	Datum		key = LockextHandleField(handle, LOCKEXT_HANDLE_KEY, &key_null);
+	Datum		lock_id = LockextHandleField(handle, LOCKEXT_HANDLE_LOCK_ID, &id_null);
+	Datum		ttl = LockextHandleField(handle, LOCKEXT_HANDLE_TTL_MS, &ttl_null);
 
 	PG_RETURN_BOOL(RenewChecked(key, key_null, lock_id, id_null, &ttl, ttl_null));
 }
@@ -344,8 +349,8 @@ LOCKEXT_SQL_FUNCTION(lockext_release_handle)
 {
 	HeapTupleHeader handle = LockextCheckHandle(fcinfo, 0);
 	bool		key_null, id_null;
-	Datum		key = LockextHandleField(handle, "key", &key_null);
-	Datum		lock_id = LockextHandleField(handle, "lock_id", &id_null);
+	Datum		key = LockextHandleField(handle, LOCKEXT_HANDLE_KEY, &key_null);
+	Datum		lock_id = LockextHandleField(handle, LOCKEXT_HANDLE_LOCK_ID, &id_null);
 
 	PG_RETURN_BOOL(ReleaseChecked(key, key_null, lock_id, id_null));
 }

@@ -22,6 +22,13 @@ extern void LockextProbeFromKeyDatum(LockextProbeKey *probe, Datum key, bool isn
 extern int64 LockextCheckTtl(Datum ttl, bool isnull);
 extern const pg_uuid_t *LockextCheckLockId(Datum lock_id, bool isnull);
 extern HeapTupleHeader LockextCheckHandle(FunctionCallInfo fcinfo, int argno);
-extern Datum LockextHandleField(HeapTupleHeader handle, const char *field, bool *isnull);
+/* attribute numbers of lock_handle (key, lock_id, ttl_ms, fence, expires_at) */
+typedef enum LockextHandleAttr
+{
+	LOCKEXT_HANDLE_KEY = 1,
+	LOCKEXT_HANDLE_LOCK_ID = 2,
+	LOCKEXT_HANDLE_TTL_MS = 3,
+} LockextHandleAttr;
+extern Datum LockextHandleField(HeapTupleHeader handle, LockextHandleAttr attr, bool *isnull);
 
 #endif							/* LOCKEXT_SQL_ARGS_H */
