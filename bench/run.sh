@@ -16,6 +16,7 @@
 # "N passed, M failed" (a cell passes when it ran and measured a positive rate).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/../tools/pgbouncer.sh"
 PGBIN=/usr/lib/postgresql/15/bin
 
 SMOKE=0 RUNS= DURATION= SLICE= PROFILE=0 OUT= KEEP=0
@@ -126,28 +127,11 @@ CREATE UNLOGGED TABLE lease_unlogged (key text PRIMARY KEY, lock_id uuid NOT NUL
 SQL
 
 say "start PgBouncer (transaction pooling) on 127.0.0.1:$BPORT"
-echo '"postgres" ""' >"$WORK/pgb/users.txt"
-cat >"$WORK/pgb/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$PORT dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BPORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $WORK/pgb/users.txt
-pool_mode = transaction
-default_pool_size = $BOUNCER_POOL
-max_client_conn = 200
-logfile = $WORK/pgb/pgbouncer.log
-pidfile = $WORK/pgb/pgbouncer.pid
-INI
-chown -R postgres:postgres "$WORK/pgb"
-runuser -u postgres -- /usr/sbin/pgbouncer -d "$WORK/pgb/pgbouncer.ini" >/dev/null 2>&1 || die "pgbouncer failed to start"
-for _ in $(seq 50); do [ -s "$WORK/pgb/pgbouncer.pid" ] && break; sleep 0.1; done
+pgbouncer_config "$WORK/pgb" "$BPORT" "$PORT" "$BOUNCER_POOL" 200
+pgbouncer_start "$WORK/pgb" "$BPORT" ||
+	die "cannot connect through PgBouncer: $(tail -n 3 "$WORK/pgb/pgbouncer.log")"
 BOUNCER_PID=$(cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null)
 BDSN="host=127.0.0.1 port=$BPORT dbname=postgres user=postgres"
-$PGBIN/psql "$BDSN" -X -qAtc 'SELECT 1' >/dev/null 2>&1 || die "cannot connect through PgBouncer"
 
 say "start redis-server on 127.0.0.1:$RPORT (save \"\", appendonly no)"
 chown postgres:postgres "$WORK/redis"

@@ -18,6 +18,7 @@
 set -u -o pipefail
 
 CLIENT=$(cd "$(dirname "$0")/.." && pwd)
+. "$CLIENT/../tools/pgbouncer.sh"
 PGBIN=/usr/lib/postgresql/15/bin
 WORK=$(mktemp -d /tmp/lockext-client-test.XXXXXX)
 chmod 755 "$WORK"
@@ -126,35 +127,15 @@ export LOCKEXT_TEST_PG_START="$PGCTL start"
 # PgBouncer on a fresh port; retried on another port if the first is taken
 # between the check and pgbouncer's bind().
 start_pgbouncer() {
+    local rc
     BPORT=$(free_port) || die "no free port"
-    printf '"postgres" ""\n' >"$WORK/pgb/users.txt"
-    cat >"$WORK/pgb/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$PORT dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BPORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $WORK/pgb/users.txt
-admin_users = postgres
-pool_mode = transaction
-default_pool_size = 2
-max_client_conn = 200
-server_check_delay = 0
-logfile = $WORK/pgb/pgbouncer.log
-pidfile = $WORK/pgb/pgbouncer.pid
-INI
-    chown -R postgres:postgres "$WORK/pgb"
-    runuser -u postgres -- /usr/sbin/pgbouncer -d "$WORK/pgb/pgbouncer.ini" >>"$LOG" 2>&1 || return 1
-    for _ in $(seq 1 50); do
-        [ -s "$WORK/pgb/pgbouncer.pid" ] && break
-        sleep 0.1
-    done
+    pgbouncer_config "$WORK/pgb" "$BPORT" "$PORT" 2 200 "admin_users = postgres" "server_check_delay = 0"
+    pgbouncer_start "$WORK/pgb" "$BPORT"
+    rc=$?
     BOUNCER_PID=$(cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null)
     export LOCKEXT_TEST_PGBOUNCER_DSN="host=127.0.0.1 port=$BPORT dbname=postgres user=postgres"
     export LOCKEXT_TEST_PGBOUNCER_ADMIN_DSN="host=127.0.0.1 port=$BPORT dbname=pgbouncer user=postgres"
-    "$PGBIN/psql" "$LOCKEXT_TEST_PGBOUNCER_DSN" -qAtc 'SELECT 1' >>"$LOG" 2>&1
+    return $rc
 }
 for attempt in 1 2 3; do
     start_pgbouncer && break

@@ -13,6 +13,7 @@
 set -u
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$HERE/../../tools/pgbouncer.sh"
 PG_BIN=/usr/lib/postgresql/15/bin
 RUN_SECONDS=${CHECKER_SECONDS:-15}
 PROCS=${CHECKER_PROCS:-2}          # driver processes per run
@@ -57,7 +58,7 @@ PGB_STARTED=0
 
 as_pg() { runuser -u postgres -- "$@"; }
 
-pgb_pid() { cat "$WORK/pgb.pid" 2>/dev/null; }
+pgb_pid() { cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null; }
 
 stop_pgbouncer() {
 	local pid i
@@ -140,33 +141,10 @@ wait_ready() { # until the server accepts a query (after a crash restart or pg_c
 
 # --- PgBouncer (transaction pooling, as postgres) ---------------------------------------
 PGB_PORT=$(free_port)
-printf '"postgres" ""\n' >"$WORK/users.txt"
-cat >"$WORK/pgb.ini" <<EOF
-[databases]
-postgres = host=127.0.0.1 port=$PORT dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PGB_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $WORK/users.txt
-pool_mode = transaction
-default_pool_size = 2
-max_client_conn = 100
-logfile = $WORK/pgb.log
-pidfile = $WORK/pgb.pid
-EOF
-chown postgres:postgres "$WORK/users.txt" "$WORK/pgb.ini"
+pgbouncer_config "$WORK/pgb" "$PGB_PORT" "$PORT" 2 100
 start_pgbouncer() {
-	local i
-	as_pg /usr/sbin/pgbouncer -d "$WORK/pgb.ini" >>"$WORK/pgb.out" 2>&1 || return 1
 	PGB_STARTED=1
-	for i in $(seq 50); do
-		psql -X -A -t -q -h 127.0.0.1 -p "$PGB_PORT" -U postgres -d postgres -c 'SELECT 1' \
-			>/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	return 1
+	pgbouncer_start "$WORK/pgb" "$PGB_PORT"
 }
 
 # --- nemeses: each runs until $1 (a stop file) exists, logs one line per event ----------
@@ -254,7 +232,7 @@ run_case() { # name, file prefix
 		--work-max-pct 75 --overrun-pct 10 --renew-pct 20)
 	case $name in
 	pgbouncer)
-		start_pgbouncer || { say "pgbouncer did not start"; cat "$WORK/pgb.log" >&2; }
+		start_pgbouncer || { say "pgbouncer did not start"; cat "$WORK/pgb/pgbouncer.log" >&2; }
 		conninfo="host=127.0.0.1 port=$PGB_PORT dbname=postgres user=postgres"
 		prepared=0
 		;;
@@ -372,6 +350,6 @@ say ""
 	printf '%s\n' "${RESULTS[@]}"
 } | column -t -s $'\t' -o ' | ' | sed 's/^/| /; s/$/ |/'
 say "total $((SECONDS - T_START)) s"
-[ "$KEEP" = 1 ] && say "kept $WORK (histories, checker output, nemesis logs, postgres.log, pgb.log)"
+[ "$KEEP" = 1 ] && say "kept $WORK (histories, checker output, nemesis logs, postgres.log, pgb/pgbouncer.log)"
 say "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
