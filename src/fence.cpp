@@ -169,7 +169,7 @@ LockextLoadFenceCounter(void)
 					(errmsg("lockext fence file \"%s\" is unreadable; fences resume from a clock-based floor",
 							FENCE_FILE)));
 	}
-	if (!ok && access(LOCKEXT_DIR "/running", F_OK) == 0)
+	if (!ok && access(LOCKEXT_MARKER_FILE, F_OK) == 0)
 	{
 		uint64		floor = (uint64) Max(GetCurrentTimestamp() / 1000, 0) * 4;
 

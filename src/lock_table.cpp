@@ -249,6 +249,31 @@ LockextRestoreLease(Oid dbid, const char *key, uint32 key_len, const LockextLeas
 }
 
 /*
+ * The check-and-set step shared by renew and release: finds the entry for
+ * probe and decides whether lock_id holds it now.  An expired entry is
+ * reclaimed here (never resurrected) and counted.  Caller holds the
+ * partition lock EXCLUSIVE; *lease is set when the decision is Apply.
+ */
+static core::CasDecision
+CheckHolder(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 now_ns,
+			LockextCounters *stats, LockextLease **lease)
+{
+	void	   *entry = FindEntry(probe);
+	LockextLease *held = entry ? LockextEntryLease(entry) : NULL;
+	core::CasDecision decision =
+		core::DecideCas(entry != NULL, held ? held->lock_id.data : NULL, lock_id->data,
+						held ? held->expires_ns : 0, now_ns);
+
+	if (decision == core::CasDecision::ExpiredEntry)
+	{
+		RemoveEntry(probe);
+		stats->expired++;
+	}
+	*lease = decision == core::CasDecision::Apply ? held : NULL;
+	return decision;
+}
+
+/*
  * Check-and-set renewal: extends the lease only if it is live and held
  * under lock_id.  An expired entry is reclaimed, never resurrected.
  */
@@ -258,40 +283,25 @@ LockextRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_m
 {
 	LWLock	   *lock = LockextPartitionLock(probe->hash);
 	LockextCounters *stats = StatsOf(probe->hash);
-	LockextLease *lease = NULL;
-	void	   *entry;
+	LockextLease *lease;
 	int64		now_ns;
-	bool		renewed = false;
+	bool		renewed;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	now_ns = LockextNowNanos();
-	entry = FindEntry(probe);
-	if (entry)
-		lease = LockextEntryLease(entry);
-
-	switch (core::DecideCas(entry != NULL, lease ? lease->lock_id.data : NULL, lock_id->data,
-							lease ? lease->expires_ns : 0, now_ns))
+	renewed = CheckHolder(probe, lock_id, now_ns, stats, &lease) == core::CasDecision::Apply;
+	if (renewed)
 	{
-		case core::CasDecision::Apply:
-			if (ttl_ms < 0)
-				ttl_ms = Min((int64) lease->ttl_ms, max_ttl_ms);
-			lease->ttl_ms = (int32) ttl_ms;
-			lease->expires_ns = core::ExpiryNanos(now_ns, ttl_ms);
-			lease->renewals++;
-			NoteExpiry(lease->expires_ns);
-			stats->renewed++;
-			renewed = true;
-			break;
-		case core::CasDecision::ExpiredEntry:
-			RemoveEntry(probe);
-			stats->expired++;
-			stats->renew_failed++;
-			break;
-		case core::CasDecision::NotHolder:
-		case core::CasDecision::Absent:
-			stats->renew_failed++;
-			break;
+		if (ttl_ms < 0)
+			ttl_ms = Min((int64) lease->ttl_ms, max_ttl_ms);
+		lease->ttl_ms = (int32) ttl_ms;
+		lease->expires_ns = core::ExpiryNanos(now_ns, ttl_ms);
+		lease->renewals++;
+		NoteExpiry(lease->expires_ns);
+		stats->renewed++;
 	}
+	else
+		stats->renew_failed++;
 	LWLockRelease(lock);
 	return renewed;
 }
@@ -302,33 +312,19 @@ LockextRelease(const LockextProbeKey *probe, const pg_uuid_t *lock_id)
 {
 	LWLock	   *lock = LockextPartitionLock(probe->hash);
 	LockextCounters *stats = StatsOf(probe->hash);
-	LockextLease *lease = NULL;
-	void	   *entry;
-	bool		released = false;
+	LockextLease *lease;
+	bool		released;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	entry = FindEntry(probe);
-	if (entry)
-		lease = LockextEntryLease(entry);
-
-	switch (core::DecideCas(entry != NULL, lease ? lease->lock_id.data : NULL, lock_id->data,
-							lease ? lease->expires_ns : 0, LockextNowNanos()))
+	released = CheckHolder(probe, lock_id, LockextNowNanos(), stats, &lease) ==
+		core::CasDecision::Apply;
+	if (released)
 	{
-		case core::CasDecision::Apply:
-			RemoveEntry(probe);
-			stats->released++;
-			released = true;
-			break;
-		case core::CasDecision::ExpiredEntry:
-			RemoveEntry(probe);
-			stats->expired++;
-			stats->release_noop++;
-			break;
-		case core::CasDecision::NotHolder:
-		case core::CasDecision::Absent:
-			stats->release_noop++;
-			break;
+		RemoveEntry(probe);
+		stats->released++;
 	}
+	else
+		stats->release_noop++;
 	LWLockRelease(lock);
 	return released;
 }

@@ -75,10 +75,7 @@ extern "C" void
 _PG_init(void)
 {
 	if (!process_shared_preload_libraries_in_progress)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("lockext must be loaded via \"shared_preload_libraries\""),
-				 errhint("Add lockext to shared_preload_libraries in postgresql.conf and restart the server.")));
+		LockextReportNotPreloaded();
 
 	DefineGucs();
 	LockextInstallShmemHooks();

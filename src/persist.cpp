@@ -59,7 +59,6 @@ namespace core = lockext::core;
 
 #define LEASES_FILE LOCKEXT_DIR "/leases"
 #define LEASES_FILE_TMP LOCKEXT_DIR "/leases.tmp"
-#define MARKER_FILE LOCKEXT_DIR "/running"
 #define LEASES_FILE_MAGIC 0x4C584C53	/* "LXLS" */
 #define LEASES_FILE_VERSION 1
 #define LEASES_FLAG_SAVED 0x1			/* the leases were saved (lockext.save = on) */
@@ -254,7 +253,7 @@ ShutdownPersistence(int code, Datum arg)
 		ereport(LOG, (errmsg("lockext: could not save leases to \"%s\": %m", LEASES_FILE)));
 		return;
 	}
-	if (unlink(MARKER_FILE) == 0)
+	if (unlink(LOCKEXT_MARKER_FILE) == 0)
 		fsync_fname_ext(LOCKEXT_DIR, true, false, LOG);
 }
 
@@ -357,10 +356,10 @@ RestoreLeases(LockextGraceReason *reason)
 static void
 WriteMarker(void)
 {
-	int			fd = open(MARKER_FILE, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode);
+	int			fd = open(LOCKEXT_MARKER_FILE, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode);
 
 	if (fd < 0 || pg_fsync(fd) != 0)
-		ereport(WARNING, (errmsg("lockext: could not write \"%s\": %m", MARKER_FILE)));
+		ereport(WARNING, (errmsg("lockext: could not write \"%s\": %m", LOCKEXT_MARKER_FILE)));
 	if (fd >= 0)
 		close(fd);
 	fsync_fname_ext(LOCKEXT_DIR, true, false, LOG);
@@ -389,7 +388,7 @@ LockextStartupPersistence(bool reinitialising)
 		if (unlink(LEASES_FILE) != 0)
 			ereport(WARNING, (errmsg("lockext: could not remove \"%s\": %m", LEASES_FILE)));
 	}
-	else if (access(MARKER_FILE, F_OK) == 0)
+	else if (access(LOCKEXT_MARKER_FILE, F_OK) == 0)
 		reason = LOCKEXT_GRACE_UNCLEAN_SHUTDOWN;
 
 	WriteMarker();

@@ -101,17 +101,22 @@ CopyProbeToStoredKey(void *dest, const void *src, Size keysize)
 	return dest;
 }
 
+/*
+ * Elements the hash table allocates: dynahash preallocates at least one per
+ * freelist (32) even for tiny tables, so small test configurations are sized
+ * for that; used_slots keeps the capacity at exactly lockext.max_locks.
+ */
+static long
+TableElements(void)
+{
+	return Max(lockext_max_locks, 32);
+}
+
 static Size
 SharedMemorySize(void)
 {
-	/*
-	 * dynahash preallocates at least one element per freelist (32) even for
-	 * tiny tables; size for that so small test configurations fit exactly.
-	 */
-	long		elements = Max(lockext_max_locks, 32);
-
 	return add_size(MAXALIGN(sizeof(LockextSharedState)),
-					hash_estimate_size(elements, LockextEntrySize()));
+					hash_estimate_size(TableElements(), LockextEntrySize()));
 }
 
 static void
@@ -171,8 +176,7 @@ LockextShmemStartup(void)
 	info.hash = ProbeHash;
 	info.match = StoredKeyMatchesProbe;
 	info.keycopy = CopyProbeToStoredKey;
-	lockext_table = ShmemInitHash("lockext leases", Max(lockext_max_locks, 32),
-								  Max(lockext_max_locks, 32), &info,
+	lockext_table = ShmemInitHash("lockext leases", TableElements(), TableElements(), &info,
 								  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_KEYCOPY |
 									  HASH_PARTITION | HASH_FIXED_SIZE);
 
@@ -200,15 +204,22 @@ LockextInstallShmemHooks(void)
 	shmem_startup_hook = LockextShmemStartup;
 }
 
+/* Raises 55000 with a hint: lockext was not loaded at server start. */
+void
+LockextReportNotPreloaded(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("lockext must be loaded via \"shared_preload_libraries\""),
+			 errhint("Add lockext to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
 /* Raises 55000 when the lease table is not there (not preloaded). */
 void
 LockextRequireLoaded(void)
 {
 	if (lockext_state == NULL || lockext_table == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("lockext must be loaded via \"shared_preload_libraries\""),
-				 errhint("Add lockext to shared_preload_libraries in postgresql.conf and restart the server.")));
+		LockextReportNotPreloaded();
 }
 
 int

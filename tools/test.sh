@@ -62,10 +62,15 @@ if has_suite unit; then
 	record unit "${p:-0}" "${f:-0}" "$rc"
 fi
 
+# The extension's part of the tree (no client, git or build directories) copied to $1.
+copy_tree() {
+	mkdir -p "$1"
+	tar -C "$top" --exclude=./client --exclude=./.git --exclude='./build*' -cf - . | tar -C "$1" -xf -
+}
+
 # The server suites run from a postgres-owned copy of the tree.
 copy=$scratch/src
-mkdir -p "$copy"
-tar -C "$top" --exclude=./client --exclude=./.git --exclude='./build*' -cf - . | tar -C "$copy" -xf -
+copy_tree "$copy"
 chown -R postgres:postgres "$scratch"
 pg_make() {
 	as_postgres make -C "$copy" PG_CONFIG="$PG_CONFIG" installcheck \
@@ -126,8 +131,7 @@ has_suite bench && run_script_suite bench-smoke "$top/bench/run.sh" --smoke
 # build is put back.
 if has_suite ubsan; then
 	ubsrc=$scratch/ubsan
-	mkdir -p "$ubsrc"
-	tar -C "$top" --exclude=./client --exclude=./.git --exclude='./build*' -cf - . | tar -C "$ubsrc" -xf -
+	copy_tree "$ubsrc"
 	make -C "$ubsrc" clean >/dev/null 2>&1
 	if make -C "$ubsrc" -j"$(nproc)" PG_CONFIG="$PG_CONFIG" \
 		LOCKEXT_EXTRA_CXXFLAGS="-fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \

@@ -151,11 +151,13 @@ typedef enum LockextGraceReason
 
 #define LOCKEXT_FENCE_LOCK_INDEX LOCKEXT_NUM_PARTITIONS
 #define LOCKEXT_DIR "pg_lockext"
+#define LOCKEXT_MARKER_FILE LOCKEXT_DIR "/running"	/* see persist.cpp */
 
 /* shmem.cpp: shared state, clock, hashing */
 extern LockextSharedState *lockext_state;
 extern HTAB *lockext_table;
 extern void LockextInstallShmemHooks(void);
+extern void LockextReportNotPreloaded(void) pg_attribute_noreturn();
 extern void LockextRequireLoaded(void);
 extern int64 LockextNowNanos(void);
 extern int64 LockextRealNowNanos(void);
