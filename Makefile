@@ -1,23 +1,25 @@
 # lockext: lease-based distributed locks in PostgreSQL shared memory (PGXS)
 EXTENSION  = lockext
-EXTVERSION = 1.0
 MODULE_big = lockext
-OBJS       = src/lockext.o src/shmem.o src/lock_table.o src/sql_api.o src/admin_views.o \
-             src/test_hooks.o src/fence.o src/persist.o \
-             $(patsubst %.cpp,%.o,$(wildcard src/core/*.cpp))
-DATA       = $(EXTENSION)--$(EXTVERSION).sql
+# start-up orchestration, then the modules (each header beside its source),
+# then what PostgreSQL calls by name
+OBJS       = src/lockext.o src/gucs.o src/shmem.o src/clock.o src/durable.o src/fence.o \
+             src/grace.o src/lock_table.o src/persist.o src/worker.o \
+             src/sql/sql_args.o src/sql/sql_api.o src/sql/admin_views.o src/sql/test_hooks.o
+# 1.0 is released and stays as it is; 1.1 adds objects (lockext--1.0--1.1.sql)
+DATA       = lockext--1.0.sql lockext--1.1.sql lockext--1.0--1.1.sql
 PGFILEDESC = "lockext - lease-based locks in shared memory"
 
 # pg_regress suites (sql/, expected/), each on its own temporary instance
-REGRESS        = api cas fence_order badinput capacity scope security txn views encoding gucs fence_limit
+REGRESS        = api cas fence_order badinput capacity scope security txn views encoding gucs admin_1_1 \
+                 fence_limit
 REGRESS_OPTS   = --temp-config=$(srcdir)/test/lockext_test.conf --load-extension=lockext
-ISOLATION      = contend expiry renew_vs_expiry renew_vs_release release_vs_reacquire \
-                 foreign_id three_way capacity_race
-ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation \
-                 --temp-config=$(srcdir)/test/lockext_test.conf
+# isolation specs, generated from test/isolation/prelude.spec + specs/*.spec.in
+include test/isolation/isolation.mk
 TAP_TESTS      = 1
 PROVE_TESTS    = test/t/*.pl
-EXTRA_CLEAN    = tmp_check tmp_check_iso output_iso results regression.diffs regression.out
+EXTRA_CLEAN    = tmp_check tmp_check_iso output_iso results regression.diffs regression.out \
+                 $(OBJS:.o=.d)
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 
@@ -25,8 +27,8 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 # flags; lockext gains nothing from JIT inlining, so it is off.
 override with_llvm = no
 
-PG_CPPFLAGS = -I$(srcdir)/include -isystem $(shell $(PG_CONFIG) --includedir-server)
-PG_CXXFLAGS = -std=c++20 -Wall -Wextra -Werror -Wno-register $(LOCKEXT_EXTRA_CXXFLAGS)
+PG_CPPFLAGS = -I$(srcdir)/src -isystem $(shell $(PG_CONFIG) --includedir-server)
+PG_CXXFLAGS = -std=c++20 -Wall -Wextra -Werror -Wno-register -MMD -MP $(LOCKEXT_EXTRA_CXXFLAGS)
 SHLIB_LINK  = -lstdc++ $(LOCKEXT_EXTRA_LDFLAGS)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -51,5 +53,5 @@ clean-client:
 	rm -rf $(CLIENT_BUILD)
 .PHONY: client install-client clean-client
 
-# PGXS does not track header dependencies; every object depends on every header.
-$(OBJS): $(wildcard $(srcdir)/include/lockext/*.h $(srcdir)/include/lockext/*.hpp $(srcdir)/include/lockext/core/*.hpp)
+# header dependencies, per object (-MMD)
+-include $(OBJS:.o=.d)

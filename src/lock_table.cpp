@@ -1,100 +1,318 @@
 /*-------------------------------------------------------------------------
  *
  * lock_table.cpp
- *	  The shared-memory lease table: grant, renew, release, evict, the
- *	  expired-lease sweep, and the consistent copies the views read.
+ *	  The shared-memory lease table (see lock_table.h for the interface and
+ *	  the locking protocol).
  *
  * This is "C written in C++": plain structs, explicit LWLock acquire and
  * release, no STL, no new, no exceptions, no object with a destructor.
- * The decisions themselves (is the lease live, does the lock_id match, is
- * the fence valid) come from the pure functions in core/lease_rules.hpp.
+ * The decisions themselves (is the lease live, does the lock_id match) come
+ * from the pure functions in core/lease_rules.hpp.
  *
- * Locking protocol:
- *	- Grant, renew, release and evict hold exactly one partition lock,
- *	  EXCLUSIVE, for O(1) work: one hash probe and a few stores.  The lock
- *	  is released before returning; nothing here ereports while holding it.
- *	- A slot is reserved with an atomic increment of used_slots before an
- *	  entry is inserted, so max_locks is exact across partitions.
- *	- When no slot is free, LockextSweepExpired() takes every partition lock
- *	  EXCLUSIVE in ascending order, removes expired entries and records the
- *	  earliest live expiry; grants only sweep when that bound says some lease
- *	  may have expired, so a table full of live leases costs O(1) per refusal.
- *	- The copies for the views take every partition lock SHARED in
- *	  ascending order (they palloc while holding them; an out-of-memory
- *	  error releases them through error recovery).
+ * Sizing: a dynahash of lockext.max_locks entries, each a stored key of
+ * lockext.max_key_length bytes followed by a LockextLease, allocated once
+ * at postmaster start with HASH_FIXED_SIZE: the table never grows into the
+ * rest of shared memory.  The hash is seeded from pg_strong_random() when
+ * shared memory is created, so nobody can choose keys that pile into one
+ * bucket.
  *
  *-------------------------------------------------------------------------
  */
+#include "core/lease_rules.hpp"
+
 extern "C"
 {
 #include "postgres.h"
 
+#include "common/hashfn.h"
+#include "port/atomics.h"
 #include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
 #include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
 
-#include "lockext/lock_table.h"
+#include "clock.h"
+#include "fence.h"
+#include "grace.h"
+#include "gucs.h"
+#include "lock_table.h"
+#include "shmem.h"
 }
-
-#include "lockext/core/lease_rules.hpp"
 
 namespace core = lockext::core;
 
-static LockextCounters *
-StatsOf(uint32 hash)
+/*
+ * Stored key: the fixed-size head of every hash entry (keysize is
+ * KeySize(): the header plus lockext.max_key_length bytes).  Only the first
+ * len bytes of bytes[] are meaningful.
+ */
+typedef struct StoredKey
 {
-	return &lockext_state->partition_stats[LockextPartitionOf(hash)].counters;
+	Oid			dbid;
+	uint32		len;
+	char		bytes[FLEXIBLE_ARRAY_MEMBER];
+} StoredKey;
+
+/* What each partition counts (the order of LockextCounts' first fields). */
+typedef enum CounterKind
+{
+	C_ACQUIRED,
+	C_CONTENDED,
+	C_RENEWED,
+	C_RENEW_FAILED,
+	C_RELEASED,
+	C_RELEASE_NOOP,
+	C_EXPIRED,
+	C_EVENT_KINDS,				/* the event counters end here; reset zeroes them */
+	C_ENTRIES = C_EVENT_KINDS,	/* entries in the partition, live or not yet reclaimed */
+	C_KINDS
+} CounterKind;
+
+/* One partition's counters, padded so partitions do not share cache lines. */
+typedef struct PartitionCounters
+{
+	pg_atomic_uint64 v[C_KINDS];
+} PartitionCounters;
+
+typedef union PaddedPartitionCounters
+{
+	PartitionCounters c;
+	char		pad[TYPEALIGN(PG_CACHE_LINE_SIZE, sizeof(PartitionCounters))];
+} PaddedPartitionCounters;
+
+typedef struct LockTableShared
+{
+	uint64		hash_seed;		/* random per shared-memory lifetime */
+	pg_atomic_uint32 used_slots;	/* entries in the table, live or not yet reclaimed */
+	pg_atomic_uint32 high_water;	/* most entries ever in use at once */
+	pg_atomic_uint64 table_full;	/* grants refused for lack of a slot */
+	pg_atomic_uint64 earliest_expiry_ns;	/* no live lease expires before this */
+	pg_atomic_uint64 last_sweep_ns; /* real clock: end of the last sweep */
+	pg_atomic_uint64 last_sweep_cost_ns;	/* how long it took */
+	slock_t		mutex;			/* protects stats_reset */
+	TimestampTz stats_reset;
+	PaddedPartitionCounters partitions[LOCKEXT_NUM_PARTITIONS];
+} LockTableShared;
+
+static LockTableShared *table_state = NULL;
+static HTAB *lease_table = NULL;
+
+static Size
+KeySize(void)
+{
+	return MAXALIGN(offsetof(StoredKey, bytes) + lockext_max_key_length);
+}
+
+static Size
+EntrySize(void)
+{
+	return KeySize() + MAXALIGN(sizeof(LockextLease));
+}
+
+static inline LockextLease *
+LeaseOf(void *entry)
+{
+	return (LockextLease *) ((char *) entry + KeySize());
+}
+
+/*
+ * Elements the hash table allocates: dynahash preallocates at least one per
+ * freelist (32) even for tiny tables, so small test configurations are sized
+ * for that; used_slots keeps the capacity at exactly lockext.max_locks.
+ */
+static long
+TableElements(void)
+{
+	return Max(lockext_max_locks, 32);
+}
+
+Size
+LockTableShmemSize(void)
+{
+	return add_size(MAXALIGN(sizeof(LockTableShared)),
+					hash_estimate_size(TableElements(), EntrySize()));
+}
+
+/* dynahash callbacks; the second argument is always a LockextProbeKey */
+static uint32
+ProbeHash(const void *key, Size keysize)
+{
+	(void) keysize;
+	return ((const LockextProbeKey *) key)->hash;
+}
+
+static int
+StoredKeyMatchesProbe(const void *stored_key, const void *probe_key, Size keysize)
+{
+	const StoredKey *stored = (const StoredKey *) stored_key;
+	const LockextProbeKey *probe = (const LockextProbeKey *) probe_key;
+
+	(void) keysize;
+	if (stored->dbid != probe->dbid || stored->len != probe->len)
+		return 1;
+	return memcmp(stored->bytes, probe->bytes, probe->len);
+}
+
+static void *
+CopyProbeToStoredKey(void *dest, const void *src, Size keysize)
+{
+	StoredKey  *stored = (StoredKey *) dest;
+	const LockextProbeKey *probe = (const LockextProbeKey *) src;
+
+	(void) keysize;
+	stored->dbid = probe->dbid;
+	stored->len = probe->len;
+	memcpy(stored->bytes, probe->bytes, probe->len);
+	return dest;
 }
 
 void
-LockextMakeProbe(LockextProbeKey *probe, Oid dbid, const char *bytes, uint32 len)
+LockTableShmemInit(void)
 {
+	bool		found;
+	HASHCTL		info;
+
+	table_state = (LockTableShared *) ShmemInitStruct("lockext lease table state",
+													  sizeof(LockTableShared), &found);
+	if (!found)
+	{
+		memset(table_state, 0, sizeof(*table_state));
+		if (!pg_strong_random(&table_state->hash_seed, sizeof(table_state->hash_seed)))
+			ereport(FATAL, (errmsg("lockext could not generate a random hash seed")));
+		pg_atomic_init_u32(&table_state->used_slots, 0);
+		pg_atomic_init_u32(&table_state->high_water, 0);
+		pg_atomic_init_u64(&table_state->table_full, 0);
+		pg_atomic_init_u64(&table_state->earliest_expiry_ns, PG_UINT64_MAX);
+		pg_atomic_init_u64(&table_state->last_sweep_ns, 0);
+		pg_atomic_init_u64(&table_state->last_sweep_cost_ns, 0);
+		SpinLockInit(&table_state->mutex);
+		table_state->stats_reset = GetCurrentTimestamp();
+		for (int i = 0; i < LOCKEXT_NUM_PARTITIONS; i++)
+			for (int k = 0; k < C_KINDS; k++)
+				pg_atomic_init_u64(&table_state->partitions[i].c.v[k], 0);
+	}
+
+	memset(&info, 0, sizeof(info));
+	info.keysize = KeySize();
+	info.entrysize = EntrySize();
+	info.num_partitions = LOCKEXT_NUM_PARTITIONS;
+	info.hash = ProbeHash;
+	info.match = StoredKeyMatchesProbe;
+	info.keycopy = CopyProbeToStoredKey;
+	lease_table = ShmemInitHash("lockext leases", TableElements(), TableElements(), &info,
+								HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_KEYCOPY |
+									HASH_PARTITION | HASH_FIXED_SIZE);
+}
+
+void
+LockTableMakeProbe(LockextProbeKey *probe, Oid dbid, const char *bytes, uint32 len)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) bytes, (int) len,
+									table_state->hash_seed ^ (uint64) dbid);
+
 	probe->dbid = dbid;
 	probe->len = len;
 	probe->bytes = bytes;
-	probe->hash = LockextHashKey(dbid, bytes, len);
+	probe->hash = (uint32) (h ^ (h >> 32));
+}
+
+int
+LockTablePartitionOf(const LockextProbeKey *probe)
+{
+	return (int) (probe->hash % LOCKEXT_NUM_PARTITIONS);
+}
+
+static LWLock *
+PartitionLock(const LockextProbeKey *probe)
+{
+	return LockextLock(LOCKEXT_LOCK_PARTITION0 + LockTablePartitionOf(probe));
+}
+
+static PartitionCounters *
+CountersOf(const LockextProbeKey *probe)
+{
+	return &table_state->partitions[LockTablePartitionOf(probe)].c;
+}
+
+/* counter += 1; the caller holds the counter's partition lock EXCLUSIVE (single writer) */
+static inline void
+Bump(pg_atomic_uint64 *counter, int64 delta = 1)
+{
+	pg_atomic_write_u64(counter, pg_atomic_read_u64(counter) + (uint64) delta);
 }
 
 static void *
 FindEntry(const LockextProbeKey *probe)
 {
-	return hash_search_with_hash_value(lockext_table, probe, probe->hash, HASH_FIND, NULL);
+	return hash_search_with_hash_value(lease_table, probe, probe->hash, HASH_FIND, NULL);
+}
+
+/* Takes one of max_locks slots; false when all are taken.  Never undone by a refusal. */
+static bool
+ReserveSlot(void)
+{
+	uint32		used = pg_atomic_read_u32(&table_state->used_slots);
+	uint32		next;
+	uint32		high;
+
+	do
+	{
+		next = core::ReservedSlotCount(used, (uint32) lockext_max_locks);
+		if (next == 0)
+			return false;
+	} while (!pg_atomic_compare_exchange_u32(&table_state->used_slots, &used, next));
+
+	high = pg_atomic_read_u32(&table_state->high_water);
+	while (next > high &&
+		   !pg_atomic_compare_exchange_u32(&table_state->high_water, &high, next))
+		;
+	return true;
+}
+
+static void
+ReleaseSlot(void)
+{
+	pg_atomic_fetch_sub_u32(&table_state->used_slots, 1);
+}
+
+/* Inserts the entry for probe into a reserved slot; caller holds its partition lock EXCLUSIVE. */
+static void *
+InsertEntry(const LockextProbeKey *probe)
+{
+	bool		found;
+	void	   *entry = hash_search_with_hash_value(lease_table, probe, probe->hash,
+													HASH_ENTER_NULL, &found);
+
+	/* cannot fail: the table holds at least max_locks elements */
+	if (unlikely(entry == NULL))
+	{
+		ReleaseSlot();
+		return NULL;
+	}
+	Assert(!found);
+	Bump(&CountersOf(probe)->v[C_ENTRIES]);
+	return entry;
 }
 
 /* Removes the entry for probe; caller holds its partition lock EXCLUSIVE. */
 static void
 RemoveEntry(const LockextProbeKey *probe)
 {
-	hash_search_with_hash_value(lockext_table, probe, probe->hash, HASH_REMOVE, NULL);
-	pg_atomic_fetch_sub_u32(&lockext_state->used_slots, 1);
-}
-
-/* Reserves one of max_locks slots; false when all are taken. */
-static bool
-ReserveSlot(void)
-{
-	uint32		used = pg_atomic_fetch_add_u32(&lockext_state->used_slots, 1) + 1;
-	uint32		high;
-
-	if (used > (uint32) lockext_max_locks)
-	{
-		pg_atomic_fetch_sub_u32(&lockext_state->used_slots, 1);
-		return false;
-	}
-	high = pg_atomic_read_u32(&lockext_state->high_water);
-	while (used > high &&
-		   !pg_atomic_compare_exchange_u32(&lockext_state->high_water, &high, used))
-		;
-	return true;
+	hash_search_with_hash_value(lease_table, probe, probe->hash, HASH_REMOVE, NULL);
+	Bump(&CountersOf(probe)->v[C_ENTRIES], -1);
+	ReleaseSlot();
 }
 
 /* Lowers the "no live lease expires before" bound to cover expires_ns. */
 static void
 NoteExpiry(int64 expires_ns)
 {
-	uint64		bound = pg_atomic_read_u64(&lockext_state->earliest_expiry_ns);
+	uint64		bound = pg_atomic_read_u64(&table_state->earliest_expiry_ns);
 
 	while ((uint64) expires_ns < bound &&
-		   !pg_atomic_compare_exchange_u64(&lockext_state->earliest_expiry_ns, &bound,
+		   !pg_atomic_compare_exchange_u64(&table_state->earliest_expiry_ns, &bound,
 										   (uint64) expires_ns))
 		;
 }
@@ -112,165 +330,166 @@ FillLease(LockextLease *lease, const LockextGrantRequest *request, int64 fence, 
 	lease->pid = request->pid;
 	memcpy(lease->client_addr, request->client_addr, sizeof(lease->client_addr));
 	memcpy(lease->application_name, request->application_name, sizeof(lease->application_name));
+	NoteExpiry(lease->expires_ns);
+}
+
+static LockextGrantStatus
+FenceFailure(LockextFenceStatus status, LockextGrantResult *result)
+{
+	switch (status)
+	{
+		case LOCKEXT_FENCE_COUNTER_EXHAUSTED:
+			return LOCKEXT_FENCE_EXHAUSTED;
+		case LOCKEXT_FENCE_STATE_LOST:
+			return LOCKEXT_FENCE_LOST;
+		default:
+			result->saved_errno = errno;
+			return LOCKEXT_FENCE_WRITE_FAILED;
+	}
 }
 
 /*
- * Grants the lease for probe if nobody holds a live one.  An expired entry
- * is overwritten in place; a new key takes a free slot, sweeping expired
- * entries first when none is free.  The fence is drawn under the partition
- * lock, so fences of one key increase in grant order, and from one atomic
- * counter, so a grant that completes before another starts has the smaller
- * fence across all keys.
+ * One attempt at granting under the partition lock.  *may_sweep is set when
+ * the table was full but some lease may have expired since the last sweep.
+ */
+static LockextGrantStatus
+GrantOnce(const LockextProbeKey *probe, const LockextGrantRequest *request,
+		  LockextGrantResult *result, bool *may_sweep)
+{
+	LWLock	   *lock = PartitionLock(probe);
+	PartitionCounters *counters = CountersOf(probe);
+	LockextGrantStatus status = LOCKEXT_GRANTED;
+	void	   *entry;
+	int64		now_ns;
+	LockextFenceStatus fence_status;
+
+	*may_sweep = false;
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	now_ns = LockextNowNanos();
+	entry = FindEntry(probe);
+	switch (core::DecideGrant(entry != NULL, entry ? LeaseOf(entry)->expires_ns : 0, now_ns))
+	{
+		case core::GrantDecision::Contended:
+			status = LOCKEXT_CONTENDED;
+			break;
+		case core::GrantDecision::ReuseExpired:
+			if (GraceRefusing(now_ns))
+				status = LOCKEXT_GRACE;
+			else if ((fence_status = FenceNext(&result->fence)) != LOCKEXT_FENCE_OK)
+				status = FenceFailure(fence_status, result);
+			else
+				Bump(&counters->v[C_EXPIRED]);
+			break;
+		case core::GrantDecision::InsertNew:
+			if (GraceRefusing(now_ns))
+				status = LOCKEXT_GRACE;
+			else if (!ReserveSlot())
+			{
+				status = LOCKEXT_TABLE_FULL;
+				*may_sweep = (uint64) now_ns >= pg_atomic_read_u64(&table_state->earliest_expiry_ns);
+			}
+			else if ((fence_status = FenceNext(&result->fence)) != LOCKEXT_FENCE_OK)
+			{
+				ReleaseSlot();
+				status = FenceFailure(fence_status, result);
+			}
+			else if ((entry = InsertEntry(probe)) == NULL)
+				status = LOCKEXT_TABLE_FULL;
+			break;
+	}
+	if (status == LOCKEXT_GRANTED)
+	{
+		FillLease(LeaseOf(entry), request, result->fence, now_ns);
+		Bump(&counters->v[C_ACQUIRED]);
+	}
+	else if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
+		Bump(&counters->v[C_CONTENDED]);
+	LWLockRelease(lock);
+	return status;
+}
+
+/*
+ * Grants the lease for probe if nobody holds a live one (and no grace
+ * period holds grants back).  An expired entry is overwritten in place; a
+ * new key takes a free slot, sweeping expired entries first when none is
+ * free.  The fence is drawn under the partition lock, so fences of one key
+ * increase in grant order, and from one atomic counter, so a grant that
+ * completes before another starts has the smaller fence across all keys.
  */
 LockextGrantStatus
-LockextGrant(const LockextProbeKey *probe, const LockextGrantRequest *request,
-			 LockextGrantResult *result)
+LockTableGrant(const LockextProbeKey *probe, const LockextGrantRequest *request,
+			   LockextGrantResult *result)
 {
-	LWLock	   *lock = LockextPartitionLock(probe->hash);
-	LockextCounters *stats = StatsOf(probe->hash);
-	bool		swept = false;
+	bool		may_sweep;
+	LockextGrantStatus status = GrantOnce(probe, request, result, &may_sweep);
 
-	for (;;)
+	if (status == LOCKEXT_TABLE_FULL && may_sweep)
 	{
-		void	   *entry;
-		bool		found;
-		int64		now_ns;
-		int64		fence;
-		LockextFenceStatus fence_status;
-		core::GrantDecision decision;
-
-		LWLockAcquire(lock, LW_EXCLUSIVE);
-		now_ns = LockextNowNanos();
-		if ((uint64) now_ns < pg_atomic_read_u64(&lockext_state->grace_until_ns))
-		{
-			stats->contended++;
-			pg_atomic_fetch_add_u64(&lockext_state->grace_refused, 1);
-			LWLockRelease(lock);
-			return LOCKEXT_CONTENDED;
-		}
-
-		entry = FindEntry(probe);
-		decision = core::DecideGrant(entry != NULL,
-									 entry ? LockextEntryLease(entry)->expires_ns : 0, now_ns);
-		if (decision == core::GrantDecision::Contended)
-		{
-			stats->contended++;
-			LWLockRelease(lock);
-			return LOCKEXT_CONTENDED;
-		}
-
-		if (decision == core::GrantDecision::InsertNew && !ReserveSlot())
-		{
-			LWLockRelease(lock);
-			if (!swept && (uint64) now_ns >= pg_atomic_read_u64(&lockext_state->earliest_expiry_ns))
-			{
-				LockextSweepExpired();
-				swept = true;
-				continue;
-			}
-			pg_atomic_fetch_add_u64(&lockext_state->table_full, 1);
-			result->live_leases = pg_atomic_read_u32(&lockext_state->used_slots);
-			return LOCKEXT_TABLE_FULL;
-		}
-
-		fence_status = LockextNextFence(&fence);
-		if (fence_status != LOCKEXT_FENCE_OK)
-		{
-			result->saved_errno = errno;
-			if (decision == core::GrantDecision::InsertNew)
-				pg_atomic_fetch_sub_u32(&lockext_state->used_slots, 1);
-			LWLockRelease(lock);
-			return fence_status == LOCKEXT_FENCE_COUNTER_EXHAUSTED ? LOCKEXT_FENCE_EXHAUSTED
-														   : LOCKEXT_FENCE_WRITE_FAILED;
-		}
-
-		if (decision == core::GrantDecision::ReuseExpired)
-			stats->expired++;
-		else
-		{
-			/* cannot fail: the table holds at least max_locks elements */
-			entry = hash_search_with_hash_value(lockext_table, probe, probe->hash,
-												HASH_ENTER_NULL, &found);
-			if (unlikely(entry == NULL))
-			{
-				pg_atomic_fetch_sub_u32(&lockext_state->used_slots, 1);
-				LWLockRelease(lock);
-				pg_atomic_fetch_add_u64(&lockext_state->table_full, 1);
-				result->live_leases = pg_atomic_read_u32(&lockext_state->used_slots);
-				return LOCKEXT_TABLE_FULL;
-			}
-			Assert(!found);
-		}
-
-		FillLease(LockextEntryLease(entry), request, fence, now_ns);
-		NoteExpiry(LockextEntryLease(entry)->expires_ns);
-		stats->acquired++;
-		LWLockRelease(lock);
-
-		result->fence = fence;
-		return LOCKEXT_GRANTED;
+		LockTableSweepExpired();
+		status = GrantOnce(probe, request, result, &may_sweep);
 	}
+	if (status == LOCKEXT_TABLE_FULL)
+	{
+		pg_atomic_fetch_add_u64(&table_state->table_full, 1);
+		result->live_leases = pg_atomic_read_u32(&table_state->used_slots);
+	}
+	else if (status == LOCKEXT_GRACE)
+		GraceNoteRefusal();
+	return status;
 }
 
 /*
  * Puts a lease saved at the last clean shutdown back in the table (startup,
- * postmaster).  False if it does not fit: no slot, or a key longer than
- * lockext.max_key_length allows now.
+ * postmaster).  False if it does not fit: no slot, a duplicate, or a key
+ * longer than lockext.max_key_length allows now.
  */
 bool
-LockextRestoreLease(Oid dbid, const char *key, uint32 key_len, const LockextLease *lease)
+LockTableRestore(Oid dbid, const char *key, uint32 key_len, const LockextLease *lease)
 {
 	LockextProbeKey probe;
 	LWLock	   *lock;
-	void	   *entry;
-	bool		found;
+	void	   *entry = NULL;
 
 	if (key_len == 0 || key_len > (uint32) lockext_max_key_length)
 		return false;
-	LockextMakeProbe(&probe, dbid, key, key_len);
-	lock = LockextPartitionLock(probe.hash);
+	LockTableMakeProbe(&probe, dbid, key, key_len);
+	lock = PartitionLock(&probe);
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	if (FindEntry(&probe) != NULL || !ReserveSlot())
+	if (FindEntry(&probe) == NULL && ReserveSlot() && (entry = InsertEntry(&probe)) != NULL)
 	{
-		LWLockRelease(lock);
-		return false;
+		*LeaseOf(entry) = *lease;
+		NoteExpiry(lease->expires_ns);
 	}
-	entry = hash_search_with_hash_value(lockext_table, &probe, probe.hash, HASH_ENTER_NULL, &found);
-	if (entry == NULL)
-	{
-		pg_atomic_fetch_sub_u32(&lockext_state->used_slots, 1);
-		LWLockRelease(lock);
-		return false;
-	}
-	*LockextEntryLease(entry) = *lease;
-	NoteExpiry(lease->expires_ns);
 	LWLockRelease(lock);
-	return true;
+	return entry != NULL;
 }
 
 /*
- * The check-and-set step shared by renew and release: finds the entry for
- * probe and decides whether lock_id holds it now.  An expired entry is
- * reclaimed here (never resurrected) and counted.  Caller holds the
- * partition lock EXCLUSIVE; *lease is set when the decision is Apply.
+ * The check-and-set step shared by renew and release: the lease lock_id
+ * holds on probe's key now, or NULL.  An expired entry is reclaimed here
+ * (never resurrected) and counted.  Caller holds the partition lock
+ * EXCLUSIVE.
  */
-static core::CasDecision
-CheckHolder(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 now_ns,
-			LockextCounters *stats, LockextLease **lease)
+static LockextLease *
+HeldLease(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 now_ns)
 {
 	void	   *entry = FindEntry(probe);
-	LockextLease *held = entry ? LockextEntryLease(entry) : NULL;
-	core::CasDecision decision =
-		core::DecideCas(entry != NULL, held ? held->lock_id.data : NULL, lock_id->data,
-						held ? held->expires_ns : 0, now_ns);
+	LockextLease *held = entry ? LeaseOf(entry) : NULL;
 
-	if (decision == core::CasDecision::ExpiredEntry)
+	switch (core::DecideCas(entry != NULL, held ? held->lock_id.data : NULL, lock_id->data,
+							held ? held->expires_ns : 0, now_ns))
 	{
-		RemoveEntry(probe);
-		stats->expired++;
+		case core::CasDecision::Apply:
+			return held;
+		case core::CasDecision::ExpiredEntry:
+			RemoveEntry(probe);
+			Bump(&CountersOf(probe)->v[C_EXPIRED]);
+			return NULL;
+		case core::CasDecision::NotHolder:
+		case core::CasDecision::Absent:
+			return NULL;
 	}
-	*lease = decision == core::CasDecision::Apply ? held : NULL;
-	return decision;
+	return NULL;
 }
 
 /*
@@ -278,19 +497,18 @@ CheckHolder(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 now_ns
  * under lock_id.  An expired entry is reclaimed, never resurrected.
  */
 bool
-LockextRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms,
-			 int64 max_ttl_ms)
+LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms,
+			   int64 max_ttl_ms)
 {
-	LWLock	   *lock = LockextPartitionLock(probe->hash);
-	LockextCounters *stats = StatsOf(probe->hash);
+	LWLock	   *lock = PartitionLock(probe);
+	PartitionCounters *counters = CountersOf(probe);
 	LockextLease *lease;
 	int64		now_ns;
-	bool		renewed;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	now_ns = LockextNowNanos();
-	renewed = CheckHolder(probe, lock_id, now_ns, stats, &lease) == core::CasDecision::Apply;
-	if (renewed)
+	lease = HeldLease(probe, lock_id, now_ns);
+	if (lease != NULL)
 	{
 		if (ttl_ms < 0)
 			ttl_ms = Min((int64) lease->ttl_ms, max_ttl_ms);
@@ -298,43 +516,40 @@ LockextRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_m
 		lease->expires_ns = core::ExpiryNanos(now_ns, ttl_ms);
 		lease->renewals++;
 		NoteExpiry(lease->expires_ns);
-		stats->renewed++;
+		Bump(&counters->v[C_RENEWED]);
 	}
 	else
-		stats->renew_failed++;
+		Bump(&counters->v[C_RENEW_FAILED]);
 	LWLockRelease(lock);
-	return renewed;
+	return lease != NULL;
 }
 
 /* Check-and-set release: true only if a live lease held under lock_id was removed. */
 bool
-LockextRelease(const LockextProbeKey *probe, const pg_uuid_t *lock_id)
+LockTableRelease(const LockextProbeKey *probe, const pg_uuid_t *lock_id)
 {
-	LWLock	   *lock = LockextPartitionLock(probe->hash);
-	LockextCounters *stats = StatsOf(probe->hash);
-	LockextLease *lease;
+	LWLock	   *lock = PartitionLock(probe);
+	PartitionCounters *counters = CountersOf(probe);
 	bool		released;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	released = CheckHolder(probe, lock_id, LockextNowNanos(), stats, &lease) ==
-		core::CasDecision::Apply;
+	released = HeldLease(probe, lock_id, LockextNowNanos()) != NULL;
 	if (released)
 	{
 		RemoveEntry(probe);
-		stats->released++;
+		Bump(&counters->v[C_RELEASED]);
 	}
 	else
-		stats->release_noop++;
+		Bump(&counters->v[C_RELEASE_NOOP]);
 	LWLockRelease(lock);
 	return released;
 }
 
 /* Operator eviction: removes the entry; true if its lease was live. */
 bool
-LockextEvict(const LockextProbeKey *probe)
+LockTableEvict(const LockextProbeKey *probe)
 {
-	LWLock	   *lock = LockextPartitionLock(probe->hash);
-	LockextCounters *stats = StatsOf(probe->hash);
+	LWLock	   *lock = PartitionLock(probe);
 	void	   *entry;
 	bool		was_live = false;
 
@@ -342,9 +557,9 @@ LockextEvict(const LockextProbeKey *probe)
 	entry = FindEntry(probe);
 	if (entry)
 	{
-		was_live = core::IsLive(LockextEntryLease(entry)->expires_ns, LockextNowNanos());
+		was_live = core::IsLive(LeaseOf(entry)->expires_ns, LockextNowNanos());
 		if (!was_live)
-			stats->expired++;
+			Bump(&CountersOf(probe)->v[C_EXPIRED]);
 		RemoveEntry(probe);
 	}
 	LWLockRelease(lock);
@@ -354,25 +569,23 @@ LockextEvict(const LockextProbeKey *probe)
 static void
 AcquireAllPartitions(LWLockMode mode)
 {
-	LWLockPadded *locks = GetNamedLWLockTranche(LOCKEXT_TRANCHE_NAME);
-
 	for (int i = 0; i < LOCKEXT_NUM_PARTITIONS; i++)
-		LWLockAcquire(&locks[i].lock, mode);
+		LWLockAcquire(LockextLock(LOCKEXT_LOCK_PARTITION0 + i), mode);
 }
 
 static void
 ReleaseAllPartitions(void)
 {
-	LWLockPadded *locks = GetNamedLWLockTranche(LOCKEXT_TRANCHE_NAME);
-
 	for (int i = LOCKEXT_NUM_PARTITIONS - 1; i >= 0; i--)
-		LWLockRelease(&locks[i].lock);
+		LWLockRelease(LockextLock(LOCKEXT_LOCK_PARTITION0 + i));
 }
 
 static void
-ProbeForStoredKey(LockextProbeKey *probe, const LockextStoredKey *key)
+ProbeOfEntry(LockextProbeKey *probe, const void *entry)
 {
-	LockextMakeProbe(probe, key->dbid, key->bytes, key->len);
+	const StoredKey *key = (const StoredKey *) entry;
+
+	LockTableMakeProbe(probe, key->dbid, key->bytes, key->len);
 }
 
 /*
@@ -380,20 +593,22 @@ ProbeForStoredKey(LockextProbeKey *probe, const LockextStoredKey *key)
  * Returns the number of live leases left.  Takes all partition locks.
  */
 uint32
-LockextSweepExpired(void)
+LockTableSweepExpired(void)
 {
 	HASH_SEQ_STATUS scan;
 	void	   *entry;
 	uint32		live = 0;
 	int64		earliest = INT64_MAX;
 	int64		now_ns;
+	int64		started_ns = LockextRealNowNanos();
+	int64		ended_ns;
 
 	AcquireAllPartitions(LW_EXCLUSIVE);
 	now_ns = LockextNowNanos();
-	hash_seq_init(&scan, lockext_table);
+	hash_seq_init(&scan, lease_table);
 	while ((entry = hash_seq_search(&scan)) != NULL)
 	{
-		int64		expires_ns = LockextEntryLease(entry)->expires_ns;
+		int64		expires_ns = LeaseOf(entry)->expires_ns;
 
 		if (core::IsLive(expires_ns, now_ns))
 		{
@@ -404,102 +619,160 @@ LockextSweepExpired(void)
 		{
 			LockextProbeKey probe;
 
-			ProbeForStoredKey(&probe, (const LockextStoredKey *) entry);
-			StatsOf(probe.hash)->expired++;
+			ProbeOfEntry(&probe, entry);
+			Bump(&CountersOf(&probe)->v[C_EXPIRED]);
 			RemoveEntry(&probe);	/* removing the current element is allowed */
 		}
 	}
-	pg_atomic_write_u64(&lockext_state->earliest_expiry_ns, (uint64) earliest);
+	pg_atomic_write_u64(&table_state->earliest_expiry_ns, (uint64) earliest);
 	ReleaseAllPartitions();
+	ended_ns = LockextRealNowNanos();
+	pg_atomic_write_u64(&table_state->last_sweep_ns, (uint64) ended_ns);
+	pg_atomic_write_u64(&table_state->last_sweep_cost_ns, (uint64) (ended_ns - started_ns));
 	return live;
 }
 
 /*
- * A palloc'd copy of every live lease (all databases), consistent across
- * partitions.  *count receives the number of elements.
+ * Visits every live lease.  Postmaster only, with no other process
+ * attached (the clean-shutdown save), so no lock is taken.
+ */
+void
+LockTableForEachLive(LockTableVisitor visit, void *arg)
+{
+	HASH_SEQ_STATUS scan;
+	void	   *entry;
+	int64		now_ns = LockextNowNanos();
+
+	hash_seq_init(&scan, lease_table);
+	while ((entry = hash_seq_search(&scan)) != NULL)
+	{
+		const StoredKey *key = (const StoredKey *) entry;
+		const LockextLease *lease = LeaseOf(entry);
+
+		if (core::IsLive(lease->expires_ns, now_ns))
+			visit(key->dbid, key->bytes, key->len, lease, now_ns, arg);
+	}
+}
+
+/*
+ * A copy of every live lease (all databases), consistent across
+ * partitions.  The memory is allocated before the partition locks are
+ * taken (sized by the slots in use, retried if more appeared meanwhile), so
+ * nothing can fail while they are held; huge allocations are allowed, so
+ * the view works at any lockext.max_locks.
  */
 LockextLeaseCopy *
-LockextCopyLiveLeases(int *count)
+LockTableCopyLive(int *count)
 {
-	HASH_SEQ_STATUS scan;
-	void	   *entry;
-	LockextLeaseCopy *copies;
-	int			capacity;
-	int			n = 0;
-	int64		now_ns;
-
-	AcquireAllPartitions(LW_SHARED);
-	now_ns = LockextNowNanos();
-	capacity = Max((int) hash_get_num_entries(lockext_table), 1);
-	copies = (LockextLeaseCopy *) palloc(sizeof(LockextLeaseCopy) * capacity);
-	hash_seq_init(&scan, lockext_table);
-	while ((entry = hash_seq_search(&scan)) != NULL)
+	for (int attempt = 0;; attempt++)
 	{
-		const LockextStoredKey *key = (const LockextStoredKey *) entry;
-		const LockextLease *lease = LockextEntryLease(entry);
-		LockextLeaseCopy *copy;
+		uint32		capacity = attempt < 3 ? pg_atomic_read_u32(&table_state->used_slots) + 16
+										   : (uint32) lockext_max_locks;
+		Size		key_stride = MAXALIGN(lockext_max_key_length + 1);
+		LockextLeaseCopy *copies = (LockextLeaseCopy *)
+			MemoryContextAllocHuge(CurrentMemoryContext, sizeof(LockextLeaseCopy) * capacity);
+		char	   *keys = (char *) MemoryContextAllocHuge(CurrentMemoryContext,
+														   key_stride * capacity);
+		HASH_SEQ_STATUS scan;
+		void	   *entry;
+		uint32		n = 0;
+		int64		now_ns;
 
-		if (!core::IsLive(lease->expires_ns, now_ns) || n >= capacity)
+		AcquireAllPartitions(LW_SHARED);
+		if (pg_atomic_read_u32(&table_state->used_slots) > capacity)
+		{
+			ReleaseAllPartitions();
+			pfree(copies);
+			pfree(keys);
 			continue;
-		copy = &copies[n++];
-		copy->dbid = key->dbid;
-		copy->key_len = key->len;
-		copy->key = (char *) palloc(key->len + 1);
-		memcpy(copy->key, key->bytes, key->len);
-		copy->key[key->len] = '\0';
-		copy->lease = *lease;
-		copy->remaining_ms = core::RemainingMillis(lease->expires_ns, now_ns);
+		}
+		now_ns = LockextNowNanos();
+		hash_seq_init(&scan, lease_table);
+		while ((entry = hash_seq_search(&scan)) != NULL)
+		{
+			const StoredKey *key = (const StoredKey *) entry;
+			const LockextLease *lease = LeaseOf(entry);
+			LockextLeaseCopy *copy;
+
+			if (!core::IsLive(lease->expires_ns, now_ns) || n >= capacity)
+				continue;
+			copy = &copies[n];
+			copy->dbid = key->dbid;
+			copy->key_len = key->len;
+			copy->key = keys + key_stride * n;
+			memcpy(copy->key, key->bytes, key->len);
+			copy->key[key->len] = '\0';
+			copy->lease = *lease;
+			copy->remaining_ms = core::RemainingMillis(lease->expires_ns, now_ns);
+			n++;
+		}
+		ReleaseAllPartitions();
+		*count = (int) n;
+		return copies;
 	}
-	ReleaseAllPartitions();
-	*count = n;
-	return copies;
 }
 
-/* Sums the per-partition counters and counts live leases. */
+/*
+ * The counters behind lockext_stats, read without partition locks.  Live
+ * leases are the entries in use; when some lease may have expired since
+ * the last sweep, a sweep reclaims them first, unless sweeps already took
+ * more than a tenth of the recent time (a huge table read in a loop must
+ * not hold grants back): then expired leases not yet reclaimed are counted
+ * too, until the next sweep.
+ */
 void
-LockextCollectCounts(LockextTableCounts *counts)
+LockTableCollectCounts(LockextCounts *counts)
 {
-	HASH_SEQ_STATUS scan;
-	void	   *entry;
-	int64		now_ns;
+	int64		now_ns = LockextNowNanos();
+
+	if ((uint64) now_ns >= pg_atomic_read_u64(&table_state->earliest_expiry_ns))
+	{
+		int64		real_ns = LockextRealNowNanos();
+		int64		since = real_ns - (int64) pg_atomic_read_u64(&table_state->last_sweep_ns);
+		int64		cost = (int64) pg_atomic_read_u64(&table_state->last_sweep_cost_ns);
+
+		if (since >= 9 * cost)
+			LockTableSweepExpired();
+	}
 
 	memset(counts, 0, sizeof(*counts));
-	AcquireAllPartitions(LW_SHARED);
 	for (int i = 0; i < LOCKEXT_NUM_PARTITIONS; i++)
 	{
-		const LockextCounters *s = &lockext_state->partition_stats[i].counters;
-		LockextCounters *sum = &counts->events;
+		uint64		sum[C_KINDS];
+		PartitionCounters *c = &table_state->partitions[i].c;
 
-		sum->acquired += s->acquired;
-		sum->contended += s->contended;
-		sum->renewed += s->renewed;
-		sum->renew_failed += s->renew_failed;
-		sum->released += s->released;
-		sum->release_noop += s->release_noop;
-		sum->expired += s->expired;
+		for (int k = 0; k < C_KINDS; k++)
+			sum[k] = pg_atomic_read_u64(&c->v[k]);
+		counts->acquired += sum[C_ACQUIRED];
+		counts->contended += sum[C_CONTENDED];
+		counts->renewed += sum[C_RENEWED];
+		counts->renew_failed += sum[C_RENEW_FAILED];
+		counts->released += sum[C_RELEASED];
+		counts->release_noop += sum[C_RELEASE_NOOP];
+		counts->expired += sum[C_EXPIRED];
+		counts->live_leases += sum[C_ENTRIES];
 	}
-	now_ns = LockextNowNanos();
-	hash_seq_init(&scan, lockext_table);
-	while ((entry = hash_seq_search(&scan)) != NULL)
-		if (core::IsLive(LockextEntryLease(entry)->expires_ns, now_ns))
-			counts->live_leases++;
-	ReleaseAllPartitions();
+	counts->table_full = pg_atomic_read_u64(&table_state->table_full);
+	counts->high_water = pg_atomic_read_u32(&table_state->high_water);
+	SpinLockAcquire(&table_state->mutex);
+	counts->stats_reset = table_state->stats_reset;
+	SpinLockRelease(&table_state->mutex);
 }
 
-/* Zeroes every counter; high_water restarts from the slots in use now. */
+/* Zeroes every event counter; high_water restarts from the slots in use now. */
 void
-LockextResetCounts(void)
+LockTableResetCounts(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
 	AcquireAllPartitions(LW_EXCLUSIVE);
 	for (int i = 0; i < LOCKEXT_NUM_PARTITIONS; i++)
-		memset(&lockext_state->partition_stats[i], 0, sizeof(LockextPartitionStats));
-	pg_atomic_write_u64(&lockext_state->table_full, 0);
-	pg_atomic_write_u32(&lockext_state->high_water,
-						pg_atomic_read_u32(&lockext_state->used_slots));
-	SpinLockAcquire(&lockext_state->mutex);
-	lockext_state->stats_reset = now;
-	SpinLockRelease(&lockext_state->mutex);
+		for (int k = 0; k < C_EVENT_KINDS; k++)
+			pg_atomic_write_u64(&table_state->partitions[i].c.v[k], 0);
+	pg_atomic_write_u64(&table_state->table_full, 0);
+	pg_atomic_write_u32(&table_state->high_water, pg_atomic_read_u32(&table_state->used_slots));
+	SpinLockAcquire(&table_state->mutex);
+	table_state->stats_reset = now;
+	SpinLockRelease(&table_state->mutex);
 	ReleaseAllPartitions();
 }

@@ -1,36 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * persist.cpp
- *	  What survives the server: leases saved at a clean shutdown and
- *	  restored at start, the marker that tells a clean shutdown from a
- *	  crash, and the grace period that follows anything else.
- *
- * Files, under the data directory:
- *	pg_lockext/running	written durably at every start; its presence at the
- *						next start without a saved lease file means the last
- *						run did not shut down cleanly (or did not save).
- *	pg_lockext/leases	written at a clean shutdown (pg_control says
- *						DB_SHUTDOWNED and the postmaster exits with code 0):
- *						header (magic, format version, PostgreSQL major,
- *						flags, wall-clock save time), one record per live
- *						lease with its remaining time, and a trailer with the
- *						count and a CRC-32C.  Written to a temporary name,
- *						fsynced and renamed durably; removed once loaded.
- *	pg_lockext/fence	the fence reservation (fence.cpp).
- *
- * Grace: no key is granted for lockext.recovery_grace_ms (default: the
- * maximum TTL) after shared memory is reinitialised by a crash, after a
- * start that did not restore every lease the last run had, and from the
- * first lease call after the server leaves recovery (promotion; a server
- * that starts with standby.signal or recovery.signal arms it).
- *
- * Locking protocol: startup and shutdown run in the postmaster with no
- * other process attached (startup under AddinShmemInitLock), so they walk
- * the table without partition locks.  Backends only read the grace fields
- * (pg_atomic) and arm the promotion grace under the state spinlock.
+ *	  The lease file (see persist.h).
  *
  *-------------------------------------------------------------------------
  */
+#include "core/lease_rules.hpp"
+
 extern "C"
 {
 #include "postgres.h"
@@ -39,39 +15,44 @@ extern "C"
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "access/xlog.h"
 #include "access/xlog_internal.h"
 #include "catalog/pg_control.h"
-#include "miscadmin.h"
-#include "common/file_perm.h"
 #include "port/pg_crc32c.h"
 #include "storage/fd.h"
-#include "storage/ipc.h"
-#include "utils/hsearch.h"
 #include "utils/timestamp.h"
 
-#include "lockext/lock_table.h"
+#include "clock.h"
+#include "gucs.h"
+#include "lock_table.h"
+#include "persist.h"
 }
-
-#include "lockext/core/lease_rules.hpp"
 
 namespace core = lockext::core;
 
-#define LEASES_FILE LOCKEXT_DIR "/leases"
 #define LEASES_FILE_TMP LOCKEXT_DIR "/leases.tmp"
 #define LEASES_FILE_MAGIC 0x4C584C53	/* "LXLS" */
-#define LEASES_FILE_VERSION 1
+#define LEASES_FILE_VERSION 2
 #define LEASES_FLAG_SAVED 0x1			/* the leases were saved (lockext.save = on) */
+#define READ_CHUNK 65536
 
-typedef struct LeasesFileHeader
+/* The fields every version starts with. */
+typedef struct LeasesFileStart
 {
 	uint32		magic;
 	uint32		version;
 	uint32		pg_major;
 	uint32		flags;
-	TimestampTz saved_at;		/* wall clock */
+	TimestampTz saved_at;		/* wall clock, display only */
 	uint32		lease_size;		/* sizeof(LockextLease), guards the record layout */
 	uint32		reserved;
+} LeasesFileStart;
+
+typedef struct LeasesFileHeader
+{
+	LeasesFileStart start;
+	int64		saved_boot_ns;	/* boot clock at the save */
+	char		boot_id[LOCKEXT_BOOT_ID_LEN];
+	LockextDurableRecord record;
 } LeasesFileHeader;
 
 /* one per lease, followed by key_len key bytes; lease.expires_ns holds the remaining ns */
@@ -88,74 +69,9 @@ typedef struct LeasesFileTrailer
 	pg_crc32c	crc;			/* of everything before it, count included */
 } LeasesFileTrailer;
 
-int64
-LockextGraceMillis(void)
-{
-	return lockext_recovery_grace_ms >= 0 ? lockext_recovery_grace_ms : lockext_max_ttl_ms;
-}
-
-const char *
-LockextGraceReasonText(int reason)
-{
-	switch (reason)
-	{
-		case LOCKEXT_GRACE_CRASH_RESTART:
-			return "crash restart";
-		case LOCKEXT_GRACE_UNCLEAN_SHUTDOWN:
-			return "start after an unclean shutdown";
-		case LOCKEXT_GRACE_NOT_SAVED:
-			return "start after a shutdown with lockext.save = off";
-		case LOCKEXT_GRACE_NOT_RESTORED:
-			return "start without restoring every saved lease";
-		case LOCKEXT_GRACE_PROMOTION:
-			return "promotion";
-		default:
-			return "none";
-	}
-}
-
-static void
-StartGrace(LockextGraceReason reason)
-{
-	int64		until = LockextNowNanos() + LockextGraceMillis() * INT64CONST(1000000);
-
-	SpinLockAcquire(&lockext_state->mutex);
-	lockext_state->grace_reason = reason;
-	SpinLockRelease(&lockext_state->mutex);
-	pg_atomic_write_u64(&lockext_state->grace_until_ns, (uint64) until);
-	ereport(LOG, (errmsg("lockext: no lease will be granted for %lld ms (%s)",
-						 (long long) LockextGraceMillis(), LockextGraceReasonText(reason))));
-}
-
-/* Backends: the first lease call after the server left recovery starts the grace. */
-void
-LockextCheckPromotionGrace(void)
-{
-	bool		start = false;
-
-	if (likely(pg_atomic_read_u32(&lockext_state->promotion_grace_pending) == 0))
-		return;
-	SpinLockAcquire(&lockext_state->mutex);
-	if (pg_atomic_read_u32(&lockext_state->promotion_grace_pending) != 0)
-	{
-		pg_atomic_write_u32(&lockext_state->promotion_grace_pending, 0);
-		start = true;
-	}
-	SpinLockRelease(&lockext_state->mutex);
-	if (start)
-		StartGrace(LOCKEXT_GRACE_PROMOTION);
-}
-
-static bool
-WriteAll(FILE *file, const void *data, size_t len, pg_crc32c *crc)
-{
-	COMP_CRC32C(*crc, data, len);
-	return fwrite(data, 1, len, file) == len;
-}
-
 /* True if pg_control records a completed shutdown checkpoint. */
-static bool
-ControlFileSaysShutDown(void)
+bool
+PersistShutdownWasClean(void)
 {
 	ControlFileData control;
 	pg_crc32c	crc;
@@ -175,234 +91,276 @@ ControlFileSaysShutDown(void)
 		(control.state == DB_SHUTDOWNED || control.state == DB_SHUTDOWNED_IN_RECOVERY);
 }
 
-/* Writes pg_lockext/leases; with save off, an empty file flagged "not saved". */
 static bool
-SaveLeases(bool save)
+WriteAll(FILE *file, const void *data, size_t len, pg_crc32c *crc)
+{
+	COMP_CRC32C(*crc, data, len);
+	return fwrite(data, 1, len, file) == len;
+}
+
+typedef struct SaveState
+{
+	FILE	   *file;
+	pg_crc32c  *crc;
+	uint32		count;
+	bool		ok;
+} SaveState;
+
+static void
+SaveOne(Oid dbid, const char *key, uint32 key_len, const LockextLease *lease, int64 now_ns,
+		void *arg)
+{
+	SaveState  *state = (SaveState *) arg;
+	LeaseRecord record;
+
+	record.dbid = dbid;
+	record.key_len = key_len;
+	record.lease = *lease;
+	record.lease.expires_ns -= now_ns;	/* remaining */
+	state->ok = state->ok && WriteAll(state->file, &record, sizeof(record), state->crc) &&
+		WriteAll(state->file, key, key_len, state->crc);
+	state->count++;
+}
+
+/*
+ * Writes pg_lockext/leases (postmaster, clean shutdown, nothing else
+ * attached): the live leases when save_leases, else an empty file flagged
+ * "not saved"; always the durable record.
+ */
+bool
+PersistSave(bool save_leases, const LockextDurableRecord *record)
 {
 	LeasesFileHeader header;
 	LeasesFileTrailer trailer;
 	pg_crc32c	crc;
+	SaveState	state;
 	FILE	   *file = fopen(LEASES_FILE_TMP, PG_BINARY_W);
-	bool		ok;
-	uint32		count = 0;
 
 	if (file == NULL)
 		return false;
 	memset(&header, 0, sizeof(header));
-	header.magic = LEASES_FILE_MAGIC;
-	header.version = LEASES_FILE_VERSION;
-	header.pg_major = PG_VERSION_NUM / 100;
-	header.flags = save ? LEASES_FLAG_SAVED : 0;
-	header.saved_at = GetCurrentTimestamp();
-	header.lease_size = sizeof(LockextLease);
+	header.start.magic = LEASES_FILE_MAGIC;
+	header.start.version = LEASES_FILE_VERSION;
+	header.start.pg_major = PG_VERSION_NUM / 100;
+	header.start.flags = save_leases ? LEASES_FLAG_SAVED : 0;
+	header.start.saved_at = GetCurrentTimestamp();
+	header.start.lease_size = sizeof(LockextLease);
+	(void) LockextBootId(header.boot_id);
+	header.saved_boot_ns = LockextBootNowNanos();
+	header.record = *record;
 	INIT_CRC32C(crc);
-	ok = WriteAll(file, &header, sizeof(header), &crc);
-
-	if (save)
-	{
-		HASH_SEQ_STATUS scan;
-		void	   *entry;
-		int64		now_ns = LockextNowNanos();
-
-		hash_seq_init(&scan, lockext_table);
-		while ((entry = hash_seq_search(&scan)) != NULL)
-		{
-			const LockextStoredKey *key = (const LockextStoredKey *) entry;
-			LeaseRecord record;
-
-			record.dbid = key->dbid;
-			record.key_len = key->len;
-			record.lease = *LockextEntryLease(entry);
-			if (!core::IsLive(record.lease.expires_ns, now_ns))
-				continue;
-			record.lease.expires_ns -= now_ns;	/* remaining */
-			ok = ok && WriteAll(file, &record, sizeof(record), &crc) &&
-				WriteAll(file, key->bytes, key->len, &crc);
-			count++;
-		}
-	}
-	trailer.count = count;
+	state.file = file;
+	state.crc = &crc;
+	state.count = 0;
+	state.ok = WriteAll(file, &header, sizeof(header), &crc);
+	if (save_leases)
+		LockTableForEachLive(SaveOne, &state);
+	trailer.count = state.count;
 	COMP_CRC32C(crc, &trailer.count, sizeof(trailer.count));
 	FIN_CRC32C(crc);
 	trailer.crc = crc;
-	ok = ok && fwrite(&trailer, 1, sizeof(trailer), file) == sizeof(trailer);
-	ok = ok && fflush(file) == 0 && pg_fsync(fileno(file)) == 0;
-	ok = (fclose(file) == 0) && ok;
-	ok = ok && durable_rename(LEASES_FILE_TMP, LEASES_FILE, LOG) == 0;
-	if (ok)
-		ereport(LOG, (errmsg("lockext: saved %u live leases to \"%s\"", count, LEASES_FILE)));
-	return ok;
+	state.ok = state.ok && fwrite(&trailer, 1, sizeof(trailer), file) == sizeof(trailer);
+	state.ok = state.ok && fflush(file) == 0 && pg_fsync(fileno(file)) == 0;
+	state.ok = (fclose(file) == 0) && state.ok;
+	state.ok = state.ok && durable_rename(LEASES_FILE_TMP, LOCKEXT_LEASES_FILE, LOG) == 0;
+	if (state.ok)
+		ereport(LOG, (errmsg("lockext: saved %u live leases to \"%s\"", state.count,
+							 LOCKEXT_LEASES_FILE)));
+	return state.ok;
 }
 
-/*
- * on_shmem_exit in the postmaster.  Only a clean shutdown saves: code 0 and
- * a shutdown checkpoint in pg_control (an immediate stop exits 0 too, but
- * leaves pg_control "in production").  Then the marker goes, so the next
- * start knows it may trust the file.
- */
-static void
-ShutdownPersistence(int code, Datum arg)
+/* CRC of the first len bytes of file, read in chunks; false on a read error. */
+static bool
+StreamCrc(FILE *file, off_t len, pg_crc32c *crc)
 {
-	(void) arg;
-	if (code != 0 || lockext_state == NULL || lockext_table == NULL)
-		return;
-	if (!ControlFileSaysShutDown())
-		return;
-	if (!SaveLeases(lockext_save))
+	static char buffer[READ_CHUNK];
+
+	if (fseeko(file, 0, SEEK_SET) != 0)
+		return false;
+	while (len > 0)
 	{
-		ereport(LOG, (errmsg("lockext: could not save leases to \"%s\": %m", LEASES_FILE)));
-		return;
+		size_t		want = (size_t) Min((off_t) sizeof(buffer), len);
+
+		if (fread(buffer, 1, want, file) != want)
+			return false;
+		COMP_CRC32C(*crc, buffer, want);
+		len -= (off_t) want;
 	}
-	if (unlink(LOCKEXT_MARKER_FILE) == 0)
-		fsync_fname_ext(LOCKEXT_DIR, true, false, LOG);
+	return true;
+}
+
+static void
+Unreadable(const char *why)
+{
+	ereport(WARNING,
+			(errmsg("lockext: ignoring unreadable lease file \"%s\": %s", LOCKEXT_LEASES_FILE, why),
+			 errdetail("Grants wait for the grace period, since not every lease was restored.")));
 }
 
 /*
- * Restores the saved leases; true if every lease in the file is live in the
- * table now (expired ones are simply dropped).  Remaining times shrink by
- * the wall-clock downtime and are never extended.
+ * Checks the header and the CRC of the open lease file of size bytes; on
+ * success *header holds the header (a 1.0 file's is widened, with no boot
+ * id and no record) and *header_len its size on disk.
  */
 static bool
-RestoreLeases(LockextGraceReason *reason)
+CheckFile(FILE *file, off_t size, LeasesFileHeader *header, size_t *header_len,
+		  LeasesFileTrailer *trailer)
+{
+	pg_crc32c	crc;
+
+	memset(header, 0, sizeof(*header));
+	if (size < (off_t) (sizeof(LeasesFileStart) + sizeof(LeasesFileTrailer)) ||
+		fread(&header->start, 1, sizeof(header->start), file) != sizeof(header->start))
+	{
+		Unreadable("too short");
+		return false;
+	}
+	if (header->start.magic != LEASES_FILE_MAGIC ||
+		(header->start.version != 1 && header->start.version != LEASES_FILE_VERSION) ||
+		header->start.pg_major != PG_VERSION_NUM / 100 ||
+		header->start.lease_size != sizeof(LockextLease))
+	{
+		Unreadable("not a lease file of this lockext and PostgreSQL version");
+		return false;
+	}
+	*header_len = header->start.version == 1 ? sizeof(LeasesFileStart) : sizeof(LeasesFileHeader);
+	if (size < (off_t) (*header_len + sizeof(LeasesFileTrailer)) ||
+		(header->start.version != 1 &&
+		 fread((char *) header + sizeof(header->start), 1,
+			   sizeof(*header) - sizeof(header->start), file) !=
+			 sizeof(*header) - sizeof(header->start)))
+	{
+		Unreadable("too short");
+		return false;
+	}
+	INIT_CRC32C(crc);
+	if (!StreamCrc(file, size - (off_t) sizeof(*trailer), &crc) ||
+		fread(trailer, 1, sizeof(*trailer), file) != sizeof(*trailer))
+	{
+		Unreadable("read error");
+		return false;
+	}
+	COMP_CRC32C(crc, &trailer->count, sizeof(trailer->count));
+	FIN_CRC32C(crc);
+	if (!EQ_CRC32C(crc, trailer->crc))
+	{
+		Unreadable("checksum mismatch");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Restores the saved leases (when restore_leases) and reports what the
+ * file said.  Remaining times shrink by the downtime on the boot clock and
+ * are never extended.
+ */
+void
+PersistRestore(bool restore_leases, LockextRestoreOutcome *outcome)
 {
 	struct stat st;
-	char	   *data;
 	FILE	   *file;
 	LeasesFileHeader header;
 	LeasesFileTrailer trailer;
-	pg_crc32c	crc;
-	size_t		body_len, offset;
-	uint32		count = 0, restored = 0, expired = 0;
-	int64		now_ns, now_us;
-	bool		complete = true;
+	size_t		header_len;
+	off_t		offset, body_end;
+	char		boot_id[LOCKEXT_BOOT_ID_LEN];
+	bool		same_boot;
+	int64		now_ns, now_boot_ns;
+	char	   *key;
 
-	*reason = LOCKEXT_GRACE_NOT_RESTORED;
-	if (stat(LEASES_FILE, &st) != 0 || st.st_size < (off_t) (sizeof(header) + sizeof(trailer)))
-		return false;
-	data = (char *) palloc_extended(st.st_size, MCXT_ALLOC_NO_OOM);
-	if (data == NULL)
-		return false;
-	file = fopen(LEASES_FILE, PG_BINARY_R);
-	if (file == NULL || fread(data, 1, st.st_size, file) != (size_t) st.st_size)
+	memset(outcome, 0, sizeof(*outcome));
+	if (stat(LOCKEXT_LEASES_FILE, &st) != 0)
+		return;
+	outcome->present = true;
+	if (!S_ISREG(st.st_mode) || (file = fopen(LOCKEXT_LEASES_FILE, PG_BINARY_R)) == NULL)
 	{
-		if (file)
-			fclose(file);
-		pfree(data);
-		return false;
+		Unreadable("not a readable file");
+		return;
 	}
-	fclose(file);
+	if (!CheckFile(file, st.st_size, &header, &header_len, &trailer))
+	{
+		fclose(file);
+		return;
+	}
+	outcome->readable = true;
+	outcome->saved = (header.start.flags & LEASES_FLAG_SAVED) != 0;
+	outcome->has_record = header.start.version != 1 && DurableRecordValid(&header.record);
+	if (outcome->has_record)
+		outcome->record = header.record;
+	outcome->count = trailer.count;
+	outcome->complete = outcome->saved && restore_leases;
 
-	memcpy(&header, data, sizeof(header));
-	memcpy(&trailer, data + st.st_size - sizeof(trailer), sizeof(trailer));
-	INIT_CRC32C(crc);
-	COMP_CRC32C(crc, data, st.st_size - sizeof(trailer));
-	COMP_CRC32C(crc, &trailer.count, sizeof(trailer.count));
-	FIN_CRC32C(crc);
-	if (header.magic != LEASES_FILE_MAGIC || header.version != LEASES_FILE_VERSION ||
-		header.pg_major != PG_VERSION_NUM / 100 || header.lease_size != sizeof(LockextLease) ||
-		!EQ_CRC32C(crc, trailer.crc))
-	{
-		ereport(WARNING, (errmsg("lockext: ignoring unreadable lease file \"%s\"", LEASES_FILE)));
-		pfree(data);
-		return false;
-	}
-	if ((header.flags & LEASES_FLAG_SAVED) == 0)
-	{
-		*reason = LOCKEXT_GRACE_NOT_SAVED;
-		pfree(data);
-		return false;
-	}
-	if (!lockext_save)
-	{
-		pfree(data);
-		return false;
-	}
-
+	same_boot = header.start.version != 1 && LockextBootId(boot_id) &&
+		memcmp(boot_id, header.boot_id, sizeof(boot_id)) == 0;
 	now_ns = LockextNowNanos();
-	now_us = GetCurrentTimestamp();
-	body_len = st.st_size - sizeof(trailer);
-	offset = sizeof(header);
-	while (offset + sizeof(LeaseRecord) <= body_len)
+	now_boot_ns = LockextBootNowNanos();
+	key = (char *) palloc(lockext_max_key_length + 1);
+	offset = (off_t) header_len;
+	body_end = st.st_size - (off_t) sizeof(trailer);
+	if (outcome->saved && fseeko(file, offset, SEEK_SET) != 0)
+		outcome->complete = false;
+	while (outcome->saved && offset + (off_t) sizeof(LeaseRecord) <= body_end)
 	{
 		LeaseRecord record;
 		int64		left;
 
-		memcpy(&record, data + offset, sizeof(record));
-		offset += sizeof(record);
-		if (record.key_len > body_len - offset)
-			break;
-		count++;
-		left = core::RestoredRemainingNanos(record.lease.expires_ns, header.saved_at, now_us);
-		if (left <= 0)
-			expired++;
-		else
+		if (fread(&record, 1, sizeof(record), file) != sizeof(record) ||
+			record.key_len > body_end - offset - (off_t) sizeof(record))
 		{
-			record.lease.expires_ns = now_ns + left;
-			if (LockextRestoreLease(record.dbid, data + offset, record.key_len, &record.lease))
-				restored++;
-			else
-				complete = false;
+			outcome->complete = false;
+			break;
 		}
-		offset += record.key_len;
+		offset += (off_t) sizeof(record) + record.key_len;
+		outcome->max_fence_counter = Max(outcome->max_fence_counter,
+										 core::FenceCounterOf(record.lease.fence));
+		if (record.key_len == 0 || record.key_len > (uint32) lockext_max_key_length)
+		{
+			outcome->complete = false;	/* does not fit this server's keys */
+			if (fseeko(file, offset, SEEK_SET) != 0)
+				break;
+			continue;
+		}
+		if (fread(key, 1, record.key_len, file) != record.key_len)
+		{
+			outcome->complete = false;
+			break;
+		}
+		if (!restore_leases)
+			continue;
+		left = core::RestoredRemainingNanos(record.lease.expires_ns, same_boot,
+											header.saved_boot_ns, now_boot_ns);
+		if (left <= 0)
+		{
+			outcome->expired++;
+			continue;
+		}
+		record.lease.expires_ns = now_ns + left;
+		if (LockTableRestore(record.dbid, key, record.key_len, &record.lease))
+		{
+			outcome->restored++;
+			outcome->ttl_ceiling_ms = Max(outcome->ttl_ceiling_ms, (int64) record.lease.ttl_ms);
+		}
+		else
+			outcome->complete = false;
 	}
-	if (count != trailer.count)
-		complete = false;
-	pfree(data);
-	ereport(LOG, (errmsg("lockext: restored %u of %u saved leases (%u expired during the downtime)",
-						 restored, trailer.count, expired)));
-	return complete;
+	pfree(key);
+	fclose(file);
+	if (outcome->restored + outcome->expired != trailer.count)
+		outcome->complete = false;
+	if (outcome->saved)
+		ereport(LOG,
+				(errmsg("lockext: restored %u of %u saved leases (%u expired during the downtime%s)",
+						outcome->restored, trailer.count, outcome->expired,
+						same_boot ? "" : "; downtime not measurable across a host reboot, "
+						"so nothing was subtracted")));
 }
 
-static void
-WriteMarker(void)
-{
-	int			fd = open(LOCKEXT_MARKER_FILE, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode);
-
-	if (fd < 0 || pg_fsync(fd) != 0)
-		ereport(WARNING, (errmsg("lockext: could not write \"%s\": %m", LOCKEXT_MARKER_FILE)));
-	if (fd >= 0)
-		close(fd);
-	fsync_fname_ext(LOCKEXT_DIR, true, false, LOG);
-}
-
-/*
- * At every shared-memory initialisation in the postmaster.  reinitialising
- * is true after a crash (the lease table was just wiped).
- */
 void
-LockextStartupPersistence(bool reinitialising)
+PersistRemoveLeaseFile(void)
 {
-	LockextGraceReason reason = LOCKEXT_GRACE_NONE;
-
-	if (MakePGDirectory(LOCKEXT_DIR) != 0 && errno != EEXIST)
-		ereport(WARNING, (errmsg("lockext: could not create directory \"%s\": %m", LOCKEXT_DIR)));
-
-	LockextLoadFenceCounter();
-
-	if (reinitialising)
-		reason = LOCKEXT_GRACE_CRASH_RESTART;
-	else if (access(LEASES_FILE, F_OK) == 0)
-	{
-		if (RestoreLeases(&reason))
-			reason = LOCKEXT_GRACE_NONE;
-		if (unlink(LEASES_FILE) != 0)
-			ereport(WARNING, (errmsg("lockext: could not remove \"%s\": %m", LEASES_FILE)));
-	}
-	else if (access(LOCKEXT_MARKER_FILE, F_OK) == 0)
-		reason = LOCKEXT_GRACE_UNCLEAN_SHUTDOWN;
-
-	WriteMarker();
-
-	/*
-	 * A server starting in recovery grants nothing until it is promoted, and
-	 * promotion starts a grace period of its own (the marker a base backup
-	 * copied from its primary says nothing about this server).
-	 */
-	if (access(STANDBY_SIGNAL_FILE, F_OK) == 0 || access(RECOVERY_SIGNAL_FILE, F_OK) == 0)
-		pg_atomic_write_u32(&lockext_state->promotion_grace_pending, 1);
-	else if (reason != LOCKEXT_GRACE_NONE && LockextGraceMillis() > 0)
-		StartGrace(reason);
-
-	/* the list of exit callbacks is emptied by each crash reinitialisation */
-	on_shmem_exit(ShutdownPersistence, (Datum) 0);
+	if (unlink(LOCKEXT_LEASES_FILE) != 0 && errno != ENOENT)
+		ereport(WARNING, (errmsg("lockext: could not remove \"%s\": %m", LOCKEXT_LEASES_FILE)));
+	else
+		fsync_fname_ext(LOCKEXT_DIR, true, false, LOG);
 }

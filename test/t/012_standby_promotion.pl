@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(sleep);
 
-my $conf = "shared_preload_libraries = 'lockext'\nlockext.recovery_grace_ms = 2000\n"
+my $conf = "shared_preload_libraries = 'lockext'\nlockext.recovery_grace_ms = 4000\n"
   . "max_connections = 30\n";
 my $primary = PostgreSQL::Test::Cluster->new('primary');
 $primary->init(allows_streaming => 1);
@@ -58,7 +58,14 @@ is($standby->safe_psql('postgres', "SELECT active::text || '|' || reason FROM lo
 	'true|promotion', 'new primary: grace reason is promotion');
 is($standby->safe_psql('postgres', "SELECT renew('p:a', '$id')"), 'f',
 	'new primary: the old holder\'s renew fails (lease lost), it must stop');
-sleep(2.2);
+
+### a clean restart of the promoted server during its grace continues the grace
+$standby->restart;
+is($standby->safe_psql('postgres', "SELECT active::text || '|' || reason FROM lockext_grace()"),
+	'true|promotion', 'promoted server restarted during grace: the grace goes on');
+is($standby->safe_psql('postgres', "SELECT try_lock('p:a', 1000) IS NULL"), 't',
+	'and the old primary\'s key is still refused');
+sleep($standby->safe_psql('postgres', 'SELECT remaining_ms FROM lockext_grace()') / 1000.0 + 0.2);
 
 my $new_fence = $standby->safe_psql('postgres',
 	"SELECT fence FROM try_lock('p:a', 60000) h WHERE h.lock_id IS NOT NULL");
@@ -74,6 +81,21 @@ is($standby->safe_psql('postgres', 'SELECT (fence >> 44)::int FROM lockext_lease
 	$standby->safe_psql('postgres', 'SELECT timeline_id FROM pg_control_checkpoint()'),
 	'the fence carries the new timeline');
 
+### the promotion grace starts when recovery ends, not at the first lease call
+my $standby2 = PostgreSQL::Test::Cluster->new('standby2');
+$standby2->init_from_backup($primary, 'b1', has_streaming => 1);
+$standby2->start;
+$primary->wait_for_catchup($standby2);
+$standby2->promote;
+ok($standby2->wait_for_log(qr/lockext: no lease will be granted for \d+ ms \(promotion\)/),
+	'the grace is armed at promotion, before any lease call');
+sleep(4.3);    # longer than the grace; no lease call meanwhile
+is($standby2->safe_psql('postgres', "SELECT active FROM lockext_grace()"), 'f',
+	'a server promoted longer ago than the grace has no grace at its first call');
+isnt($standby2->safe_psql('postgres', "SELECT lock_id FROM try_lock('p:fresh', 1000)"), '',
+	'and grants at once');
+
 $primary->stop;
 $standby->stop;
+$standby2->stop;
 done_testing();

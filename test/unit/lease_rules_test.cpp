@@ -3,7 +3,7 @@
  *	  Unit tests of the pure lease rules (core/lease_rules.hpp), and a
  *	  differential test: a table driven by the rules against a naive model.
  */
-#include "lockext/core/lease_rules.hpp"
+#include "core/lease_rules.hpp"
 
 #include <gtest/gtest.h>
 
@@ -127,15 +127,64 @@ TEST(Fence, CounterFloorAndReservations)
 	EXPECT_EQ(NextReservation(kFenceBlock, 3), 2 * kFenceBlock);
 }
 
-TEST(Restore, DowntimeIsSubtractedNeverAdded)
+TEST(Restore, DowntimeOnTheBootClockIsSubtractedNeverAdded)
 {
-	/* 1 s left at shutdown (times in ns), downtime measured in us */
-	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, 100, 100), 1'000'000'000);
-	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, 0, 400'000), 600'000'000);
-	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, 0, 1'000'000), 0);	/* exactly used up */
-	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, 0, 5'000'000), 0);
-	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, 500, 0), 1'000'000'000); /* clock went back */
-	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, INT64_MIN / 2, INT64_MAX / 2), 0);
+	/* 1 s left at shutdown; boot-clock readings in ns */
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, true, 100, 100), 1'000'000'000);
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, true, 0, 400'000'000), 600'000'000);
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, true, 0, 1'000'000'000), 0); /* used up */
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, true, 0, 5'000'000'000), 0);
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, true, INT64_MIN / 2, INT64_MAX / 2), 0);
+	/* a boot clock cannot go back: if it seems to, nothing is subtracted */
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, true, 500, 0), 1'000'000'000);
+	EXPECT_EQ(RestoredRemainingNanos(0, true, 0, 0), 0);
+	EXPECT_EQ(RestoredRemainingNanos(-5, false, 0, 0), 0);
+}
+
+TEST(Restore, AfterARebootTheLeaseKeepsItsFullRemainingTime)
+{
+	/* the downtime is not measurable: a lease may last longer, never shorter */
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, false, 0, 5'000'000'000), 1'000'000'000);
+	EXPECT_EQ(RestoredRemainingNanos(1'000'000'000, false, 900, 100), 1'000'000'000);
+}
+
+TEST(Grace, LeftAfterARestart)
+{
+	EXPECT_EQ(GraceLeftNanos(1000, 5000, true, 400), 600);
+	EXPECT_EQ(GraceLeftNanos(1000, 5000, true, 1000), 0);
+	EXPECT_EQ(GraceLeftNanos(1000, 5000, true, 9000), 0);
+	/* another boot: how long the host was down is unknown, the grace starts again */
+	EXPECT_EQ(GraceLeftNanos(1000, 5000, false, 9000), 5000);
+	EXPECT_EQ(GraceLeftNanos(1000, -1, false, 9000), 0);
+}
+
+TEST(Grace, LengthCoversTheLongestTtlGranted)
+{
+	/* an explicit setting is used as set, 0 included */
+	EXPECT_EQ(GraceLengthMillis(0, 300000, 900000), 0);
+	EXPECT_EQ(GraceLengthMillis(5000, 300000, 900000), 5000);
+	/* the default covers max_ttl_ms and every TTL granted, even above a lowered max */
+	EXPECT_EQ(GraceLengthMillis(-1, 300000, 0), 300000);
+	EXPECT_EQ(GraceLengthMillis(-1, 1000, 90000), 90000);
+	EXPECT_EQ(GraceLengthMillis(-1, 300000, 90000), 300000);
+}
+
+TEST(Slots, ReservationNeverOvershoots)
+{
+	EXPECT_EQ(ReservedSlotCount(0, 8), 1u);
+	EXPECT_EQ(ReservedSlotCount(7, 8), 8u);
+	EXPECT_EQ(ReservedSlotCount(8, 8), 0u);
+	EXPECT_EQ(ReservedSlotCount(9, 8), 0u);
+	EXPECT_EQ(ReservedSlotCount(UINT32_MAX, UINT32_MAX), 0u);
+}
+
+TEST(Fence, CounterOfAFence)
+{
+	std::int64_t fence = 0;
+	ASSERT_TRUE(ComposeFence(3, 12345, &fence));
+	EXPECT_EQ(FenceCounterOf(fence), 12345u);
+	EXPECT_EQ(FenceCounterOf(0), 0u);
+	EXPECT_EQ(FenceCounterOf(-7), 0u);
 }
 
 TEST(Uuid, StampsVersionFourAndRfcVariant)

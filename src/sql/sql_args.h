@@ -6,6 +6,8 @@
  *	  25006 on a standby, 55000 when not preloaded) before any lock is
  *	  taken.  Include after "postgres.h".
  *
+ * Locking protocol: none; nothing here takes a lock.
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef LOCKEXT_SQL_ARGS_H
@@ -13,15 +15,22 @@
 
 #include "access/htup.h"
 #include "fmgr.h"
-#include "lockext/lock_table.h"
+
+#include "lock_table.h"
 
 /* Raises 55000 unless preloaded and 25006 during recovery (fname names the function). */
 extern void LockextCheckWritable(const char *fname);
-/* Detoasts a key datum into a probe for the current database, after checking its length. */
-extern void LockextProbeFromKeyDatum(LockextProbeKey *probe, Datum key, bool isnull);
+/*
+ * Checks a key datum's length, detoasts it and makes a probe for the
+ * current database; returns the detoasted text (probe->bytes points into it).
+ */
+extern text *LockextProbeFromKeyDatum(LockextProbeKey *probe, Datum key, bool isnull);
 extern int64 LockextCheckTtl(Datum ttl, bool isnull);
 extern const pg_uuid_t *LockextCheckLockId(Datum lock_id, bool isnull);
 extern HeapTupleHeader LockextCheckHandle(FunctionCallInfo fcinfo, int argno);
+/* Raises 42501 unless the caller is a superuser (fname names the function). */
+extern void LockextRequireSuperuser(const char *fname);
+
 /* attribute numbers of lock_handle (key, lock_id, ttl_ms, fence, expires_at) */
 typedef enum LockextHandleAttr
 {

@@ -8,7 +8,9 @@
  * This header includes no PostgreSQL header and nothing here allocates,
  * throws or blocks: the shared-memory lease table (src/lock_table.cpp) calls
  * these functions while it holds a partition LWLock, and the unit tests
- * (test/unit) exercise them without a server.
+ * (test/unit) exercise them without a server.  Server files include it
+ * before postgres.h, and the guard below enforces that: the pure core can
+ * never come to depend on a PostgreSQL macro by accident.
  *
  * Locking protocol: none; callers hold whatever lock protects the lease
  * they pass in.
@@ -16,6 +18,10 @@
  *-------------------------------------------------------------------------
  */
 #pragma once
+
+#ifdef POSTGRES_H
+#error "core/ headers are PostgreSQL-free: include them before postgres.h"
+#endif
 
 #include <cstddef>
 #include <cstdint>
@@ -170,20 +176,71 @@ NextReservation(std::uint64_t reserved, std::uint64_t counter) noexcept
 
 /*
  * Remaining time of a lease restored after a restart: what was left at
- * shutdown minus the downtime measured on the wall clock.  A clock that went
- * backwards counts as no downtime; nothing is ever lengthened.
+ * shutdown minus the downtime, but only when the downtime was measured on a
+ * clock that cannot step forward: the host's boot-time clock (CLOCK_BOOTTIME)
+ * within one boot.  After a reboot (or with a boot clock that went
+ * backwards, which it cannot) the lease keeps its full remaining time: a
+ * lease may last longer than asked, never shorter.
  */
 constexpr std::int64_t
-RestoredRemainingNanos(std::int64_t remaining_at_save_ns, std::int64_t saved_at_us,
-					   std::int64_t now_us) noexcept
+RestoredRemainingNanos(std::int64_t remaining_at_save_ns, bool same_boot,
+					   std::int64_t saved_boot_ns, std::int64_t now_boot_ns) noexcept
 {
-	std::int64_t down_us = now_us - saved_at_us;
-	if (down_us < 0)
-		down_us = 0;
-	if (down_us > INT64_MAX / 1000)
+	if (remaining_at_save_ns <= 0)
 		return 0;
-	const std::int64_t left = remaining_at_save_ns - down_us * 1000;
-	return left > 0 ? left : 0;
+	if (!same_boot || now_boot_ns < saved_boot_ns)
+		return remaining_at_save_ns;
+	const std::int64_t down_ns = now_boot_ns - saved_boot_ns;
+	return remaining_at_save_ns > down_ns ? remaining_at_save_ns - down_ns : 0;
+}
+
+/*
+ * Grace left of a grace period recorded with deadline until_boot_ns on the
+ * boot clock: within the same boot, what the boot clock says; after a reboot
+ * nobody can tell how long the host was down, so the whole grace starts again.
+ */
+constexpr std::int64_t
+GraceLeftNanos(std::int64_t until_boot_ns, std::int64_t length_ns, bool same_boot,
+			   std::int64_t now_boot_ns) noexcept
+{
+	if (!same_boot)
+		return length_ns > 0 ? length_ns : 0;
+	return until_boot_ns > now_boot_ns ? until_boot_ns - now_boot_ns : 0;
+}
+
+/*
+ * Length of a grace period.  An explicit lockext.recovery_grace_ms (>= 0) is
+ * the operator's choice and is used as set.  The default (-1) covers the
+ * longest lease an earlier holder could still hold: never less than the
+ * longest TTL granted or renewed in the window (ttl_ceiling_ms), even when
+ * lockext.max_ttl_ms was lowered since.
+ */
+constexpr std::int64_t
+GraceLengthMillis(std::int64_t recovery_grace_ms, std::int64_t max_ttl_ms,
+				  std::int64_t ttl_ceiling_ms) noexcept
+{
+	if (recovery_grace_ms >= 0)
+		return recovery_grace_ms;
+	return max_ttl_ms > ttl_ceiling_ms ? max_ttl_ms : ttl_ceiling_ms;
+}
+
+/*
+ * The slot counter's check-and-reserve step: the new count if one of
+ * max_slots is free, 0 when all are taken.  Callers loop on a
+ * compare-and-swap, so a refusal is never caused by another backend's
+ * reservation that is undone a moment later.
+ */
+constexpr std::uint32_t
+ReservedSlotCount(std::uint32_t used, std::uint32_t max_slots) noexcept
+{
+	return used < max_slots ? used + 1 : 0;
+}
+
+/* The counter part of a fence (what the durable reservation bounds). */
+constexpr std::uint64_t
+FenceCounterOf(std::int64_t fence) noexcept
+{
+	return fence <= 0 ? 0 : static_cast<std::uint64_t>(fence) & (kFenceCounterLimit - 1);
 }
 
 /* Turns 16 random bytes into an RFC 4122 version 4 UUID in place. */

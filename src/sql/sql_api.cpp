@@ -9,11 +9,18 @@
  * never a NULL result that would read as contention.  Every entry point is
  * wrapped by LOCKEXT_SQL_FUNCTION, so no C++ exception reaches PostgreSQL.
  *
+ * try_lock resolves everything that can fail (arguments, the result's
+ * descriptor, the durable TTL ceiling) before it grants, and releases the
+ * lease again if building the result fails after the grant, so an ERROR
+ * never leaves a lease nobody has the lock_id of.
+ *
  * Locking protocol: no lock is held here; lock_table.cpp takes and releases
  * the partition lock inside each call, and every ereport happens after.
  *
  *-------------------------------------------------------------------------
  */
+#include "core/lease_rules.hpp"
+
 extern "C"
 {
 #include "postgres.h"
@@ -21,10 +28,8 @@ extern "C"
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "access/detoast.h"
 #include "access/htup_details.h"
 #include "access/xlog.h"
-#include "executor/executor.h"
 #include "funcapi.h"
 #include "libpq/libpq-be.h"
 #include "mb/pg_wchar.h"
@@ -34,101 +39,28 @@ extern "C"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
-#include "lockext/sql_args.h"
+#include "durable.h"
+#include "fence.h"
+#include "grace.h"
+#include "gucs.h"
+#include "sql/sql_args.h"
 }
 
-#include "lockext/core/lease_rules.hpp"
-#include "lockext/pg_boundary.hpp"
+#include "sql/pg_boundary.hpp"
 
 namespace core = lockext::core;
 
-void
-LockextCheckWritable(const char *fname)
-{
-	LockextRequireLoaded();
-	if (RecoveryInProgress())
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot execute %s() during recovery", fname),
-				 errhint("Leases are granted, renewed and released only on the primary.")));
-}
-
-void
-LockextProbeFromKeyDatum(LockextProbeKey *probe, Datum key, bool isnull)
-{
-	text	   *key_text;
-	Size		length;
-
-	if (isnull)
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						errmsg("lock key must not be null")));
-
-	/* check the length before detoasting, so a huge key is never expanded */
-	length = toast_raw_datum_size(key) - VARHDRSZ;
-	switch (core::CheckKeyLength(length, (std::size_t) lockext_max_key_length))
-	{
-		case core::KeyCheck::Empty:
-			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							errmsg("lock key must not be empty")));
-			break;
-		case core::KeyCheck::TooLong:
-			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							errmsg("lock key must be at most %d bytes", lockext_max_key_length),
-							errdetail("The key is %zu bytes long.", (size_t) length),
-							errhint("The limit is set by lockext.max_key_length.")));
-			break;
-		case core::KeyCheck::Ok:
-			break;
-	}
-	key_text = DatumGetTextPP(key);
-	LockextMakeProbe(probe, MyDatabaseId, VARDATA_ANY(key_text),
-					 (uint32) VARSIZE_ANY_EXHDR(key_text));
-}
-
-int64
-LockextCheckTtl(Datum ttl, bool isnull)
-{
-	int64		ttl_ms;
-
-	if (isnull)
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						errmsg("ttl_ms must not be null")));
-	ttl_ms = DatumGetInt64(ttl);
-	if (!core::TtlInRange(ttl_ms, lockext_max_ttl_ms))
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("ttl_ms must be between 1 and %d", lockext_max_ttl_ms),
-						errdetail("The requested TTL is " INT64_FORMAT " ms.", ttl_ms),
-						errhint("The maximum is set by lockext.max_ttl_ms.")));
-	return ttl_ms;
-}
-
-const pg_uuid_t *
-LockextCheckLockId(Datum lock_id, bool isnull)
-{
-	if (isnull)
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						errmsg("lock_id must not be null")));
-	return DatumGetUUIDP(lock_id);
-}
-
-HeapTupleHeader
-LockextCheckHandle(FunctionCallInfo fcinfo, int argno)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						errmsg("lock handle must not be null")));
-	return PG_GETARG_HEAPTUPLEHEADER(argno);
-}
-
 /*
- * A field of a lock_handle, by position: (key, lock_id, ttl_ms, fence,
- * expires_at) as created by the install script.  GetAttributeByNum avoids a
- * by-name lookup in the tuple descriptor on every call.
+ * Before a grant or renewal for ttl_ms: the durable record must say that a
+ * lease may last that long, so that the grace after a crash covers it.
  */
-Datum
-LockextHandleField(HeapTupleHeader handle, LockextHandleAttr attr, bool *isnull)
+static void
+RecordTtlCeiling(int64 ttl_ms)
 {
-	return GetAttributeByNum(handle, (AttrNumber) attr, isnull);
+	if (!DurableRaiseTtlCeiling(ttl_ms))
+		ereport(ERROR, (errcode_for_file_access(),
+						errmsg("could not record the TTL ceiling in \"%s\": %m", DurableFailedPath()),
+						errdetail("A lease is granted or renewed only once the grace period after a crash would cover it.")));
 }
 
 /* Records who is asking: role, pid, application_name, client address. */
@@ -210,21 +142,64 @@ HandleTupleDesc(FunctionCallInfo fcinfo)
 	return tupdesc;
 }
 
+/*
+ * The lock_handle for a granted lease.  Called after the grant, so the
+ * descriptor was resolved before it (HandleTupleDesc) and the caller
+ * releases the lease again if this fails (out of memory).
+ */
 static Datum
-MakeHandle(FunctionCallInfo fcinfo, Datum key, const LockextGrantRequest *request, int64 fence)
+MakeHandle(TupleDesc tupdesc, text *key, const LockextGrantRequest *request, int64 fence)
 {
-	TupleDesc	tupdesc = HandleTupleDesc(fcinfo);
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
 	pg_uuid_t  *lock_id = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
 
 	*lock_id = request->lock_id;
-	values[0] = key;
+	values[0] = PointerGetDatum(key);
 	values[1] = UUIDPGetDatum(lock_id);
 	values[2] = Int64GetDatum(request->ttl_ms);
 	values[3] = Int64GetDatum(fence);
 	values[4] = TimestampTzGetDatum(request->wall_now + request->ttl_ms * INT64CONST(1000));
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+}
+
+/* Raises the error for a grant that neither succeeded nor met contention. */
+static void
+ReportGrantFailure(LockextGrantStatus status, const LockextGrantResult *result)
+{
+	switch (status)
+	{
+		case LOCKEXT_TABLE_FULL:
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("lock table is full"),
+					 errdetail("%u of %d slots hold unexpired leases.", result->live_leases,
+							   lockext_max_locks),
+					 errhint("Increase lockext.max_locks (requires restart).")));
+			break;
+		case LOCKEXT_FENCE_EXHAUSTED:
+			ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+							errmsg("fence counter exhausted"),
+							errdetail("Every fence of timeline %u has been granted.",
+									  GetWALInsertionTimeLine()),
+							errhint("Fences continue above after a promotion to a new timeline.")));
+			break;
+		case LOCKEXT_FENCE_WRITE_FAILED:
+			errno = result->saved_errno;
+			ereport(ERROR, (errcode_for_file_access(),
+							errmsg("could not reserve fences in \"%s\": %m", DurableFailedPath())));
+			break;
+		case LOCKEXT_FENCE_LOST:
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("lockext cannot grant: its fence state is lost"),
+					 errdetail("No readable copy of \"%s\" proves that a new fence would be above every fence granted before.",
+							   LOCKEXT_STATE_FILE),
+					 errhint("If you know a fence at or above every fence granted before, run SELECT lockext_fence_resume(that_fence) as a superuser.")));
+			break;
+		default:
+			elog(ERROR, "unexpected lockext grant status %d", (int) status);
+	}
 }
 
 /*
@@ -237,11 +212,19 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 	LockextProbeKey probe;
 	LockextGrantRequest request;
 	LockextGrantResult result;
+	LockextGrantStatus status;
+	TupleDesc	tupdesc;
+	text	   *key;
+	Datum		handle = (Datum) 0;
 
 	LockextCheckWritable("try_lock");
-	LockextCheckPromotionGrace();
-	LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
+	GraceOnRecoveryFinished();
+	key = LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
 	request.ttl_ms = LockextCheckTtl(PG_GETARG_DATUM(1), PG_ARGISNULL(1));
+	tupdesc = HandleTupleDesc(fcinfo);
+	if (FenceIsLost())
+		ReportGrantFailure(LOCKEXT_FENCE_LOST, &result);
+	RecordTtlCeiling(request.ttl_ms);
 
 	if (!NextRandomLockId(&request.lock_id))
 		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
@@ -249,35 +232,24 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 	request.wall_now = GetCurrentTimestamp();
 	FillRequester(&request);
 
-	switch (LockextGrant(&probe, &request, &result))
+	status = LockTableGrant(&probe, &request, &result);
+	if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
+		PG_RETURN_NULL();
+	if (status != LOCKEXT_GRANTED)
+		ReportGrantFailure(status, &result);
+
+	/* an error from here on must not leave a lease nobody has the lock_id of */
+	PG_TRY();
 	{
-		case LOCKEXT_GRANTED:
-			break;
-		case LOCKEXT_CONTENDED:
-			PG_RETURN_NULL();
-		case LOCKEXT_TABLE_FULL:
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("lock table is full"),
-					 errdetail("%u of %d slots hold unexpired leases.", result.live_leases,
-							   lockext_max_locks),
-					 errhint("Increase lockext.max_locks (requires restart).")));
-			break;
-		case LOCKEXT_FENCE_EXHAUSTED:
-			ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-							errmsg("fence counter exhausted"),
-							errdetail("Every fence of timeline %u has been granted.",
-									  GetWALInsertionTimeLine()),
-							errhint("Fences continue above after a promotion to a new timeline.")));
-			break;
-		case LOCKEXT_FENCE_WRITE_FAILED:
-			errno = result.saved_errno;
-			ereport(ERROR, (errcode_for_file_access(),
-							errmsg("could not reserve fences in \"%s/fence\": %m", LOCKEXT_DIR)));
-			break;
+		handle = MakeHandle(tupdesc, key, &request, result.fence);
 	}
-	return MakeHandle(fcinfo, PointerGetDatum(DatumGetTextPP(PG_GETARG_DATUM(0))), &request,
-					  result.fence);
+	PG_CATCH();
+	{
+		(void) LockTableRelease(&probe, &request.lock_id);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return handle;
 }
 
 /* ttl == NULL: keep the lease's own TTL (clamped to lockext.max_ttl_ms) */
@@ -293,8 +265,11 @@ RenewChecked(Datum key, bool key_null, Datum lock_id, bool lock_id_null, const D
 	LockextProbeFromKeyDatum(&probe, key, key_null);
 	id = LockextCheckLockId(lock_id, lock_id_null);
 	if (ttl != NULL)
+	{
 		ttl_ms = LockextCheckTtl(*ttl, ttl_null);
-	return LockextRenew(&probe, id, ttl_ms, lockext_max_ttl_ms);
+		RecordTtlCeiling(ttl_ms);
+	}
+	return LockTableRenew(&probe, id, ttl_ms, lockext_max_ttl_ms);
 }
 
 /* renew(key text, lock_id uuid) RETURNS boolean: keeps the lease's own TTL */
@@ -334,7 +309,7 @@ ReleaseChecked(Datum key, bool key_null, Datum lock_id, bool lock_id_null)
 	LockextCheckWritable("release");
 	LockextProbeFromKeyDatum(&probe, key, key_null);
 	id = LockextCheckLockId(lock_id, lock_id_null);
-	return LockextRelease(&probe, id);
+	return LockTableRelease(&probe, id);
 }
 
 /* release(key text, lock_id uuid) RETURNS boolean: true = released now, false = no-op */

@@ -5,17 +5,22 @@
  *	  views, lockext_stats_reset() and lockext_force_release().
  *
  * lockext_leases_internal() hides lock_id unless the caller is a superuser
- * or a member of the holder's role, here in C rather than in the view, so
- * that calling the function directly reveals nothing more.  Keys of other
- * databases are shown only when they are valid text in this database's
- * encoding (NULL otherwise).
+ * or a member of the holder's role, and client_addr by pg_stat_activity's
+ * rule (visible to roles with the privileges of the holder's role or of
+ * pg_read_all_stats; a lock_id is never shown to pg_read_all_stats alone),
+ * here in C rather than in the view, so that calling the function directly
+ * reveals nothing more.  Keys of other databases are shown only when they
+ * are valid text in this database's encoding (NULL otherwise).
  *
  * Locking protocol: lock_table.cpp copies the leases under all partition
- * locks (SHARED, ascending); role checks and tuple building run after they
- * are released, because they may read catalogs.
+ * locks (SHARED, ascending) into memory allocated before; role checks and
+ * tuple building run after they are released, because they may read
+ * catalogs.  lockext_stats reads atomic counters and takes no lock.
  *
  *-------------------------------------------------------------------------
  */
+#include "core/lease_rules.hpp"
+
 extern "C"
 {
 #include "postgres.h"
@@ -24,6 +29,7 @@ extern "C"
 #include <sys/socket.h>
 
 #include "access/xlog.h"
+#include "catalog/pg_authid.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -34,11 +40,15 @@ extern "C"
 #include "utils/tuplestore.h"
 #include "utils/uuid.h"
 
-#include "lockext/sql_args.h"
+#include "durable.h"
+#include "fence.h"
+#include "grace.h"
+#include "gucs.h"
+#include "shmem.h"
+#include "sql/sql_args.h"
 }
 
-#include "lockext/core/lease_rules.hpp"
-#include "lockext/pg_boundary.hpp"
+#include "sql/pg_boundary.hpp"
 
 #define LEASES_COLUMNS 13
 #define STATS_COLUMNS 12
@@ -83,10 +93,11 @@ LOCKEXT_SQL_FUNCTION(lockext_leases_internal)
 	int			count;
 	TimestampTz wall_now;
 	bool		see_all = superuser();
+	bool		read_all_stats = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
 
 	LockextRequireLoaded();
 	InitMaterializedSRF(fcinfo, 0);
-	copies = LockextCopyLiveLeases(&count);
+	copies = LockTableCopyLive(&count);
 	wall_now = GetCurrentTimestamp();
 
 	for (int i = 0; i < count; i++)
@@ -124,7 +135,10 @@ LOCKEXT_SQL_FUNCTION(lockext_leases_internal)
 			values[c++] = CStringGetTextDatum(lease->application_name);
 		else
 			nulls[c++] = true;
-		values[c] = ClientAddrDatum(lease, &nulls[c]);
+		if (read_all_stats || has_privs_of_role(GetUserId(), lease->holder))
+			values[c] = ClientAddrDatum(lease, &nulls[c]);
+		else
+			nulls[c] = true;
 		c++;
 		Assert(c == LEASES_COLUMNS);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
@@ -136,34 +150,29 @@ LOCKEXT_SQL_FUNCTION(lockext_leases_internal)
 LOCKEXT_SQL_FUNCTION(lockext_stats_internal)
 {
 	TupleDesc	tupdesc;
-	LockextTableCounts counts;
+	LockextCounts counts;
 	Datum		values[STATS_COLUMNS];
 	bool		nulls[STATS_COLUMNS];
-	TimestampTz reset_at;
 	int			c = 0;
 
 	LockextRequireLoaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	LockextCollectCounts(&counts);
-	SpinLockAcquire(&lockext_state->mutex);
-	reset_at = lockext_state->stats_reset;
-	SpinLockRelease(&lockext_state->mutex);
-
+	LockTableCollectCounts(&counts);
 	memset(nulls, 0, sizeof(nulls));
-	values[c++] = Int64GetDatum((int64) counts.events.acquired);
-	values[c++] = Int64GetDatum((int64) counts.events.contended);
-	values[c++] = Int64GetDatum((int64) counts.events.renewed);
-	values[c++] = Int64GetDatum((int64) counts.events.renew_failed);
-	values[c++] = Int64GetDatum((int64) counts.events.released);
-	values[c++] = Int64GetDatum((int64) counts.events.release_noop);
-	values[c++] = Int64GetDatum((int64) counts.events.expired);
-	values[c++] = Int64GetDatum((int64) pg_atomic_read_u64(&lockext_state->table_full));
+	values[c++] = Int64GetDatum((int64) counts.acquired);
+	values[c++] = Int64GetDatum((int64) counts.contended);
+	values[c++] = Int64GetDatum((int64) counts.renewed);
+	values[c++] = Int64GetDatum((int64) counts.renew_failed);
+	values[c++] = Int64GetDatum((int64) counts.released);
+	values[c++] = Int64GetDatum((int64) counts.release_noop);
+	values[c++] = Int64GetDatum((int64) counts.expired);
+	values[c++] = Int64GetDatum((int64) counts.table_full);
 	values[c++] = Int64GetDatum((int64) counts.live_leases);
 	values[c++] = Int32GetDatum(lockext_max_locks);
-	values[c++] = Int64GetDatum((int64) pg_atomic_read_u32(&lockext_state->high_water));
-	values[c++] = TimestampTzGetDatum(reset_at);
+	values[c++] = Int64GetDatum((int64) counts.high_water);
+	values[c++] = TimestampTzGetDatum(counts.stats_reset);
 	Assert(c == STATS_COLUMNS);
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
 }
@@ -173,7 +182,7 @@ LOCKEXT_SQL_FUNCTION(lockext_stats_reset)
 {
 	(void) fcinfo;
 	LockextRequireLoaded();
-	LockextResetCounts();
+	LockTableResetCounts();
 	PG_RETURN_VOID();
 }
 
@@ -188,8 +197,8 @@ LOCKEXT_SQL_FUNCTION(lockext_force_release)
 	LockextProbeKey probe;
 
 	LockextCheckWritable("lockext_force_release");
-	LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
-	PG_RETURN_BOOL(LockextEvict(&probe));
+	(void) LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
+	PG_RETURN_BOOL(LockTableEvict(&probe));
 }
 
 /*
@@ -202,28 +211,80 @@ LOCKEXT_SQL_FUNCTION(lockext_grace)
 	TupleDesc	tupdesc;
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
-	int64		until_ns, now_ns, left_ms;
-	int			reason;
+	LockextGraceStatus status;
+	bool		in_recovery;
 
 	LockextRequireLoaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (!RecoveryInProgress())
-		LockextCheckPromotionGrace();
-	until_ns = (int64) pg_atomic_read_u64(&lockext_state->grace_until_ns);
-	now_ns = LockextNowNanos();
-	SpinLockAcquire(&lockext_state->mutex);
-	reason = lockext_state->grace_reason;
-	SpinLockRelease(&lockext_state->mutex);
-	left_ms = lockext::core::RemainingMillis(until_ns, now_ns);
+	in_recovery = RecoveryInProgress();
+	if (!in_recovery)
+		GraceOnRecoveryFinished();
+	GraceGetStatus(&status, in_recovery);
 
-	values[0] = BoolGetDatum(left_ms > 0);
-	values[1] = CStringGetTextDatum(LockextGraceReasonText(reason));
-	if (reason == LOCKEXT_GRACE_NONE)
+	values[0] = BoolGetDatum(status.active);
+	values[1] = CStringGetTextDatum(GraceReasonText(status.reason));
+	if (status.reason == LOCKEXT_GRACE_NONE)
 		nulls[2] = true;
 	else
-		values[2] = TimestampTzGetDatum(GetCurrentTimestamp() + left_ms * INT64CONST(1000));
-	values[3] = Int64GetDatum(left_ms);
-	values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&lockext_state->grace_refused));
+		values[2] = TimestampTzGetDatum(GetCurrentTimestamp() + status.remaining_ms * INT64CONST(1000));
+	values[3] = Int64GetDatum(status.remaining_ms);
+	values[4] = Int64GetDatum((int64) status.refused);
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
+}
+
+/*
+ * lockext_grace_end() RETURNS boolean (1.1); revoked from PUBLIC.  Ends the
+ * grace period in force, for an operator who knows that no earlier holder
+ * is alive; true if one was in force.
+ */
+LOCKEXT_SQL_FUNCTION(lockext_grace_end)
+{
+	(void) fcinfo;
+	LockextCheckWritable("lockext_grace_end");
+	LockextRequireSuperuser("lockext_grace_end");
+	PG_RETURN_BOOL(GraceEnd());
+}
+
+/*
+ * lockext_fence_resume(floor bigint) RETURNS bigint (1.1); revoked from
+ * PUBLIC.  Every later fence is above floor: raises the fence counter
+ * (never lowers it), makes that durable and ends a "fence state lost"
+ * refusal.  Returns the fence every later grant exceeds.
+ */
+LOCKEXT_SQL_FUNCTION(lockext_fence_resume)
+{
+	int64		floor;
+	int64		next_above = 0;
+
+	LockextCheckWritable("lockext_fence_resume");
+	LockextRequireSuperuser("lockext_fence_resume");
+	if (PG_ARGISNULL(0))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("fence floor must not be null")));
+	floor = PG_GETARG_INT64(0);
+	if (floor < 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("fence floor must not be negative")));
+	switch (FenceResume(floor, &next_above))
+	{
+		case LOCKEXT_FENCE_OK:
+			break;
+		case LOCKEXT_FENCE_FLOOR_OUT_OF_RANGE:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("fence floor " INT64_FORMAT " is beyond the fences of timeline %u", floor,
+							GetWALInsertionTimeLine()),
+					 errhint("Fences of a timeline lie between timeline << 44 and (timeline + 1) << 44.")));
+			break;
+		case LOCKEXT_FENCE_IO_ERROR:
+			ereport(ERROR, (errcode_for_file_access(),
+							errmsg("could not reserve fences in \"%s\": %m", DurableFailedPath())));
+			break;
+		default:
+			elog(ERROR, "unexpected fence status");
+	}
+	ereport(LOG, (errmsg("lockext: fences resume above " INT64_FORMAT " (lockext_fence_resume)",
+						 next_above)));
+	PG_RETURN_INT64(next_above);
 }

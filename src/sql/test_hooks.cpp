@@ -14,6 +14,8 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "core/lease_rules.hpp"
+
 extern "C"
 {
 #include "postgres.h"
@@ -24,19 +26,20 @@ extern "C"
 #include "storage/latch.h"
 #include "utils/wait_event.h"
 
-#include "lockext/sql_args.h"
+#include "clock.h"
+#include "fence.h"
+#include "gucs.h"
+#include "shmem.h"
+#include "sql/sql_args.h"
 }
 
-#include "lockext/core/lease_rules.hpp"
-#include "lockext/pg_boundary.hpp"
+#include "sql/pg_boundary.hpp"
 
 static void
 RequireTestHooks(const char *fname)
 {
 	LockextRequireLoaded();
-	if (!superuser())
-		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-						errmsg("permission denied for function %s", fname)));
+	LockextRequireSuperuser(fname);
 	if (!lockext_enable_test_hooks)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -49,11 +52,7 @@ LOCKEXT_SQL_FUNCTION(lockext_test_clock_freeze)
 {
 	(void) fcinfo;
 	RequireTestHooks("lockext_test_clock_freeze");
-	if (!pg_atomic_read_u32(&lockext_state->clock_frozen))
-	{
-		pg_atomic_write_u64(&lockext_state->frozen_now_ns, (uint64) LockextNowNanos());
-		pg_atomic_write_u32(&lockext_state->clock_frozen, 1);
-	}
+	ClockTestFreeze();
 	PG_RETURN_VOID();
 }
 
@@ -66,12 +65,11 @@ LOCKEXT_SQL_FUNCTION(lockext_test_clock_advance)
 	if (PG_ARGISNULL(0) || PG_GETARG_INT64(0) < 0 || PG_GETARG_INT64(0) > INT64CONST(1000000000000))
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("ms must be between 0 and 1000000000000")));
-	if (!pg_atomic_read_u32(&lockext_state->clock_frozen))
+	ms = PG_GETARG_INT64(0);
+	if (!ClockTestAdvance(ms))
 		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						errmsg("the lockext test clock is not frozen"),
 						errhint("Call lockext_test_clock_freeze() first.")));
-	ms = PG_GETARG_INT64(0);
-	pg_atomic_fetch_add_u64(&lockext_state->frozen_now_ns, (uint64) (ms * INT64CONST(1000000)));
 	PG_RETURN_VOID();
 }
 
@@ -83,14 +81,7 @@ LOCKEXT_SQL_FUNCTION(lockext_test_clock_release)
 {
 	(void) fcinfo;
 	RequireTestHooks("lockext_test_clock_release");
-	if (pg_atomic_read_u32(&lockext_state->clock_frozen))
-	{
-		int64		frozen = (int64) pg_atomic_read_u64(&lockext_state->frozen_now_ns);
-		int64		offset = frozen - LockextRealNowNanos();
-
-		pg_atomic_write_u64(&lockext_state->clock_offset_ns, (uint64) Max(offset, 0));
-		pg_atomic_write_u32(&lockext_state->clock_frozen, 0);
-	}
+	ClockTestRelease();
 	PG_RETURN_VOID();
 }
 
@@ -101,7 +92,7 @@ LOCKEXT_SQL_FUNCTION(lockext_test_set_fence_floor)
 	if (PG_ARGISNULL(0) || PG_GETARG_INT64(0) < 0)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("fence floor must be a non-negative bigint")));
-	LockextRaiseCounterTo(
+	FenceRaiseCounterTo(
 		lockext::core::CounterFloorFor(GetWALInsertionTimeLine(), PG_GETARG_INT64(0)));
 	PG_RETURN_VOID();
 }
@@ -112,8 +103,8 @@ LOCKEXT_SQL_FUNCTION(lockext_test_partition_of)
 	LockextProbeKey probe;
 
 	RequireTestHooks("lockext_test_partition_of");
-	LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
-	PG_RETURN_INT32(LockextPartitionOf(probe.hash));
+	(void) LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
+	PG_RETURN_INT32(LockTablePartitionOf(&probe));
 }
 
 /*
@@ -142,7 +133,7 @@ LOCKEXT_SQL_FUNCTION(lockext_test_stall)
 						errmsg("partition must be between 0 and %d and ms between 0 and 60000",
 							   LOCKEXT_NUM_PARTITIONS - 1)));
 
-	lock = &GetNamedLWLockTranche(LOCKEXT_TRANCHE_NAME)[partition].lock;
+	lock = LockextLock(LOCKEXT_LOCK_PARTITION0 + partition);
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	deadline = LockextRealNowNanos() + (int64) ms * 1000000;
 	for (;;)

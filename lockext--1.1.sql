@@ -1,0 +1,142 @@
+/* lockext--1.1.sql: lease-based distributed locks in shared memory */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION lockext" to load this file. \quit
+
+-- What try_lock returns: everything a holder needs to renew and release,
+-- plus the fencing token to hand to the resource it protects.
+CREATE TYPE lock_handle AS (
+    key        text,
+    lock_id    uuid,
+    ttl_ms     bigint,
+    fence      bigint,
+    expires_at timestamptz
+);
+
+-- None of these functions is STRICT (a NULL argument is an error, never a
+-- NULL result that would read as contention), and all are VOLATILE so that
+-- a query never folds or repeats a call.
+
+CREATE FUNCTION try_lock(key text, ttl_ms bigint)
+RETURNS lock_handle
+AS 'MODULE_PATHNAME', 'lockext_try_lock'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+CREATE FUNCTION renew(key text, lock_id uuid)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lockext_renew_keep_ttl'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+CREATE FUNCTION renew(key text, lock_id uuid, ttl_ms bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lockext_renew'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+CREATE FUNCTION renew(h lock_handle)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lockext_renew_handle'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+CREATE FUNCTION release(key text, lock_id uuid)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lockext_release'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+CREATE FUNCTION release(h lock_handle)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lockext_release_handle'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+-- Inspection.  The function hides lock_id itself (only superusers and
+-- members of the holder's role see it), so calling it directly reveals
+-- nothing the view does not.
+CREATE FUNCTION lockext_leases_internal(
+    OUT dbid oid, OUT key text, OUT lock_id uuid, OUT fence bigint, OUT ttl_ms bigint,
+    OUT acquired_at timestamptz, OUT expires_at timestamptz, OUT remaining_ms bigint,
+    OUT renewals bigint, OUT holder oid, OUT pid integer, OUT application_name text,
+    OUT client_addr inet)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'lockext_leases_internal'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+CREATE VIEW lockext_leases AS
+    SELECT d.datname, l.key, l.lock_id, l.fence, l.ttl_ms, l.acquired_at, l.expires_at,
+           l.remaining_ms, l.renewals, pg_get_userbyid(l.holder) AS holder, l.pid,
+           l.application_name, l.client_addr
+    FROM lockext_leases_internal() l
+    LEFT JOIN pg_database d ON d.oid = l.dbid;
+
+CREATE FUNCTION lockext_stats_internal(
+    OUT acquired bigint, OUT contended bigint, OUT renewed bigint, OUT renew_failed bigint,
+    OUT released bigint, OUT release_noop bigint, OUT expired bigint, OUT table_full bigint,
+    OUT leases bigint, OUT max_locks integer, OUT high_water bigint,
+    OUT stats_reset timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'lockext_stats_internal'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+CREATE VIEW lockext_stats AS SELECT * FROM lockext_stats_internal();
+
+GRANT SELECT ON lockext_leases, lockext_stats TO PUBLIC;
+
+-- Whether grants are held back after a crash restart, a restart that did
+-- not restore every lease, or a promotion; why, and until when.
+CREATE FUNCTION lockext_grace(
+    OUT active boolean, OUT reason text, OUT grace_until timestamptz,
+    OUT remaining_ms bigint, OUT refused bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'lockext_grace'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+-- Administration: not for PUBLIC.
+CREATE FUNCTION lockext_stats_reset()
+RETURNS void
+AS 'MODULE_PATHNAME', 'lockext_stats_reset'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION lockext_force_release(key text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lockext_force_release'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+REVOKE ALL ON FUNCTION lockext_stats_reset() FROM PUBLIC;
+REVOKE ALL ON FUNCTION lockext_force_release(text) FROM PUBLIC;
+
+-- Test hooks: raise 55000 unless lockext.enable_test_hooks = on, and are
+-- for superusers only.
+CREATE FUNCTION lockext_test_clock_freeze() RETURNS void
+AS 'MODULE_PATHNAME', 'lockext_test_clock_freeze' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION lockext_test_clock_advance(ms bigint) RETURNS void
+AS 'MODULE_PATHNAME', 'lockext_test_clock_advance' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION lockext_test_clock_release() RETURNS void
+AS 'MODULE_PATHNAME', 'lockext_test_clock_release' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION lockext_test_set_fence_floor(fence bigint) RETURNS void
+AS 'MODULE_PATHNAME', 'lockext_test_set_fence_floor' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION lockext_test_partition_of(key text) RETURNS integer
+AS 'MODULE_PATHNAME', 'lockext_test_partition_of' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION lockext_test_stall(partition integer, ms integer, raise_error boolean) RETURNS void
+AS 'MODULE_PATHNAME', 'lockext_test_stall' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+REVOKE ALL ON FUNCTION lockext_test_clock_freeze() FROM PUBLIC;
+REVOKE ALL ON FUNCTION lockext_test_clock_advance(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lockext_test_clock_release() FROM PUBLIC;
+REVOKE ALL ON FUNCTION lockext_test_set_fence_floor(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lockext_test_partition_of(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lockext_test_stall(integer, integer, boolean) FROM PUBLIC;
+
+-- Ends the grace period in force, for an operator who knows that no earlier
+-- holder of any lease is still alive.  True if one was in force.
+CREATE FUNCTION lockext_grace_end()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lockext_grace_end'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- After the fence state was lost: every later fence is above floor.  Only
+-- raises the fence counter.  Returns the fence every later grant exceeds.
+CREATE FUNCTION lockext_fence_resume(floor bigint)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'lockext_fence_resume'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+REVOKE ALL ON FUNCTION lockext_grace_end() FROM PUBLIC;
+REVOKE ALL ON FUNCTION lockext_fence_resume(bigint) FROM PUBLIC;
