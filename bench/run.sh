@@ -16,8 +16,8 @@
 # "N passed, M failed" (a cell passes when it ran and measured a positive rate).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/../tools/lib.sh"
 . "$HERE/../tools/pgbouncer.sh"
-PGBIN=/usr/lib/postgresql/15/bin
 
 SMOKE=0 RUNS= DURATION= SLICE= PROFILE=0 OUT= KEEP=0
 while [ $# -gt 0 ]; do
@@ -63,18 +63,18 @@ if [ ${#need[@]} -gt 0 ]; then
 	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; } >/dev/null 2>&1 ||
 		die "apt-get install ${need[*]} failed"
 fi
-[ -f "$($PGBIN/pg_config --pkglibdir)/lockext.so" ] || die "lockext is not installed: run 'make install' at the top level first"
+[ -f "$("$PG_CONFIG" --pkglibdir)/lockext.so" ] || die "lockext is not installed: run 'make install' at the top level first"
 pkg-config --exists lockext-client || die "lockext-client.pc not found: run 'make install' at the top level first"
 
 # ---- 2. scratch dir, drivers --------------------------------------------------------
 WORK=$(mktemp -d /tmp/lockext-bench.XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$WORK/bin" "$WORK/sql" "$WORK/out" "$WORK/redis" "$WORK/pgb" "$OUT"
-PG_STARTED=0 BOUNCER_PID= REDIS_PID=
+BOUNCER_PID= REDIS_PID=
 cleanup() {
 	[ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null
 	[ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null
-	[ $PG_STARTED = 1 ] && runuser -u postgres -- $PGBIN/pg_ctl -D "$WORK/data" -m fast -w stop >/dev/null 2>&1
+	pg_cluster_cleanup
 	if [ $KEEP = 1 ]; then say "scratch dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -86,51 +86,29 @@ g++ -std=c++23 -O2 -o "$WORK/bin/client_bench" "$HERE/client_bench.cpp" \
 g++ -std=c++17 -O2 -o "$WORK/bin/redis_lock" "$HERE/redis_lock.cpp" -pthread 2>>"$WORK/build.log" ||
 	{ cat "$WORK/build.log" >&2; die "redis_lock build failed"; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port) BPORT=$(free_port) RPORT=$(free_port)
+RPORT=$(free_port)
 
 # ---- 3. servers ---------------------------------------------------------------------
 cp "$HERE"/sql/*.sql "$WORK/sql/"
 for t in lease_logged lease_unlogged; do sed "s/@TABLE@/$t/g" "$HERE/sql/lease.sql.in" >"$WORK/sql/$t.sql"; done
 chown -R postgres:postgres "$WORK"
 
-say "initdb and start PostgreSQL 15 on 127.0.0.1:$PORT"
-runuser -u postgres -- $PGBIN/initdb -D "$WORK/data" -A trust -U postgres --no-sync >"$WORK/initdb.log" 2>&1 ||
-	{ cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-cat >>"$WORK/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$WORK'
-max_connections = 120
-shared_buffers = 256MB
-shared_preload_libraries = 'lockext'
-lockext.max_locks = $MAX_LOCKS
-lockext.max_ttl_ms = 3600000
-lockext.save = off
-CONF
-pg_start() {
-	runuser -u postgres -- $PGBIN/pg_ctl -D "$WORK/data" -l "$WORK/pg.log" -w -t 120 start "$@" >/dev/null 2>&1 ||
-		{ tail -20 "$WORK/pg.log" >&2; die "PostgreSQL failed to start"; }
-	PG_STARTED=1
-}
-pg_stop() {
-	runuser -u postgres -- $PGBIN/pg_ctl -D "$WORK/data" -m fast -w -t 120 stop >/dev/null 2>&1
-	PG_STARTED=0
-}
-pg_start
-DSN="host=127.0.0.1 port=$PORT dbname=postgres user=postgres"
-psqlc() { $PGBIN/psql "$DSN" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+pg_cluster_start "$WORK/pg" "max_connections = 120" "shared_buffers = 256MB" "lockext.max_locks = $MAX_LOCKS" \
+	"lockext.max_ttl_ms = 3600000" "lockext.save = off" || die "PostgreSQL failed to start"
+say "initdb and start PostgreSQL 15 on 127.0.0.1:$PG_PORT"
+pg_start() { pg_cluster_ctl -w -t 120 start "$@" >/dev/null 2>&1 || { tail -20 "$PG_LOG" >&2; die "PostgreSQL failed to start"; }; }
+pg_stop() { pg_cluster_ctl -m fast -w -t 120 stop >/dev/null 2>&1; }
+psqlc() { $PG_BIN/psql "$PG_DSN" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 psqlc <<'SQL' || die "setup SQL failed"
 CREATE EXTENSION lockext;
 CREATE TABLE lease_logged (key text PRIMARY KEY, lock_id uuid NOT NULL, expires_at timestamptz NOT NULL);
 CREATE UNLOGGED TABLE lease_unlogged (key text PRIMARY KEY, lock_id uuid NOT NULL, expires_at timestamptz NOT NULL);
 SQL
 
-say "start PgBouncer (transaction pooling) on 127.0.0.1:$BPORT"
-pgbouncer_config "$WORK/pgb" "$BPORT" "$PORT" "$BOUNCER_POOL" 200
-pgbouncer_start "$WORK/pgb" "$BPORT" ||
+pgbouncer_start_free "$WORK/pgb" "$PG_PORT" "$BOUNCER_POOL" 200 ||
 	die "cannot connect through PgBouncer: $(tail -n 3 "$WORK/pgb/pgbouncer.log")"
-BOUNCER_PID=$(cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null)
+BPORT=$PGB_PORT BOUNCER_PID=$PGB_PID
+say "start PgBouncer (transaction pooling) on 127.0.0.1:$BPORT"
 BDSN="host=127.0.0.1 port=$BPORT dbname=postgres user=postgres"
 
 say "start redis-server on 127.0.0.1:$RPORT (save \"\", appendonly no)"
@@ -169,12 +147,12 @@ SLICES="$WORK/slices.csv"
 # every statement is its own transaction, a refused attempt makes 1, a granted one BASE_RT).
 pgbench_cell() {
 	local run=$1 wl=$2 script=$3 path=$4 c=$5 hot=$6 floor=$7 rt=$8
-	local dsn=$DSN mode=prepared j=$(( $5 < 2 ? 1 : 2 )) lo=1 hi=100000 out="$WORK/out/$wl-$path-$c-$run.txt"
+	local dsn=$PG_DSN mode=prepared j=$(( $5 < 2 ? 1 : 2 )) lo=1 hi=100000 out="$WORK/out/$wl-$path-$c-$run.txt"
 	[ "$path" = pgbouncer ] && { dsn=$BDSN; mode=extended; }
 	[ "$hot" = 1 ] && { lo=0; hi=0; }
 	local x0= a0=
 	if [ "$hot" = 1 ]; then x0=$(xact_commits); a0=$(lockext_acquired); fi
-	timeout $((SLICE + 60)) $PGBIN/pgbench "$dsn" -n -M $mode -c "$c" -j "$j" -T "$SLICE" \
+	timeout $((SLICE + 60)) $PG_BIN/pgbench "$dsn" -n -M $mode -c "$c" -j "$j" -T "$SLICE" \
 		-D lo=$lo -D hi=$hi -f "$WORK/sql/$script" >"$out" 2>&1
 	local rc=$? ok=1 tps lat n g=-1
 	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | tail -1)
@@ -239,7 +217,7 @@ aggregate() {
 
 say "warm-up (not recorded)"
 for w in floor2.sql lockext.sql; do
-	$PGBIN/pgbench "$DSN" -n -M prepared -c 8 -j 2 -T 1 -D lo=1 -D hi=100000 -f "$WORK/sql/$w" >/dev/null 2>&1
+	$PG_BIN/pgbench "$PG_DSN" -n -M prepared -c 8 -j 2 -T 1 -D lo=1 -D hi=100000 -f "$WORK/sql/$w" >/dev/null 2>&1
 done
 ROUNDS=$(( DURATION / SLICE )); [ "$ROUNDS" -ge 1 ] || ROUNDS=1
 for run in $(seq 1 "$RUNS"); do
@@ -258,7 +236,7 @@ for run in $(seq 1 "$RUNS"); do
 			pgbench_cell $run lease_logged_hot   lease_logged.sql   direct $c 1 floor2 2
 			pgbench_cell $run floor3             floor3.sql         direct $c 0 floor3 3
 			pgbench_cell $run lockext_renew      lockext_renew.sql  direct $c 0 floor3 3
-			driver_cell  $run client_pg          client  $c floor2 "$WORK/bin/client_bench" pg "$c" "$SLICE" "$DSN"
+			driver_cell  $run client_pg          client  $c floor2 "$WORK/bin/client_bench" pg "$c" "$SLICE" "$PG_DSN"
 			driver_cell  $run client_memory      client  $c floor2 "$WORK/bin/client_bench" memory "$c" "$SLICE"
 			driver_cell  $run redis              redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$SLICE"
 			driver_cell  $run redis_hot          redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$SLICE" 100000 1
@@ -347,7 +325,7 @@ if [ $PROFILE = 1 ]; then
 		echo "$q" >"$WORK/profile-$what.sql"
 		chown postgres "$WORK/profile-$what.sql"
 		(cd "$WORK" && runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.$what" \
-			--trace-children=no $PGBIN/postgres --single -D "$WORK/data" -c lockext.max_locks=$SMALL_LOCKS \
+			--trace-children=no $PG_BIN/postgres --single -D "$PG_DATA" -c lockext.max_locks=$SMALL_LOCKS \
 			-c lockext.recovery_grace_ms=0 postgres \
 			<"$WORK/profile-$what.sql" >"$WORK/profile-$what.log" 2>&1)
 	done
@@ -395,7 +373,7 @@ if [ $PROFILE = 1 ]; then
 			stmt_sql $what $n >"$WORK/stmt-$what-$n.sql"
 			chown postgres "$WORK/stmt-$what-$n.sql"
 			(cd "$WORK" && runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.stmt-$what-$n" \
-				$PGBIN/postgres --single -D "$WORK/data" -c lockext.max_locks=100000 -c lockext.recovery_grace_ms=0 postgres \
+				$PG_BIN/postgres --single -D "$PG_DATA" -c lockext.max_locks=100000 -c lockext.recovery_grace_ms=0 postgres \
 				<"$WORK/stmt-$what-$n.sql" >"$WORK/stmt-$what-$n.log" 2>&1)
 		done
 		I1=$(total "$WORK/callgrind.stmt-$what-$STMT_N") I0=$(total "$WORK/callgrind.stmt-$what-0")
@@ -409,7 +387,7 @@ fi
 cp "$RAW" "$OUT/raw.csv"
 cp "$WORK/shmem_small.txt" "$OUT/shmem_lockext_entries.txt" 2>/dev/null
 python3 "$HERE/report.py" "$OUT/raw.csv" "$OUT" \
-	"mode=$([ $SMOKE = 1 ] && echo smoke || echo full) lockext.so=$(md5sum "$($PGBIN/pg_config --pkglibdir)/lockext.so" | cut -c1-8) client=$(md5sum "$(pkg-config --variable=libdir lockext-client)/liblockext-client.so" 2>/dev/null | cut -c1-8) runs=$RUNS duration=${DURATION}s max_locks=$MAX_LOCKS max_key_length=$KEYLEN bouncer_pool=$BOUNCER_POOL shmem_big=$SH_BIG shmem_small=$SH_SMALL" ||
+	"mode=$([ $SMOKE = 1 ] && echo smoke || echo full) lockext.so=$(md5sum "$("$PG_CONFIG" --pkglibdir)/lockext.so" | cut -c1-8) client=$(md5sum "$(pkg-config --variable=libdir lockext-client)/liblockext-client.so" 2>/dev/null | cut -c1-8) runs=$RUNS duration=${DURATION}s max_locks=$MAX_LOCKS max_key_length=$KEYLEN bouncer_pool=$BOUNCER_POOL shmem_big=$SH_BIG shmem_small=$SH_SMALL" ||
 	say "report.py failed"
 if command -v gnuplot >/dev/null && [ -s "$OUT/plot.dat" ]; then
 	(cd "$OUT" && gnuplot "$HERE/plot.gp" 2>"$WORK/gnuplot.log") || say "gnuplot failed: $(head -3 "$WORK/gnuplot.log")"

@@ -8,20 +8,13 @@ require_root
 
 "$top/tools/install-deps.sh"
 scratch=$(make_scratch_dir)
-trap 'as_postgres $PG_BIN/pg_ctl -D "$scratch/data" -m fast stop >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
+trap 'pg_cluster_cleanup; rm -rf "$scratch"' EXIT
 echo "== building and installing lockext"
 build_and_install "$top" "$scratch/build.log"
 
 echo "== starting a throwaway cluster with shared_preload_libraries = 'lockext'"
-as_postgres $PG_BIN/initdb -D "$scratch/data" --auth=trust >"$scratch/initdb.log"
-cat >>"$scratch/data/postgresql.conf" <<CONF
-shared_preload_libraries = 'lockext'
-listen_addresses = ''
-unix_socket_directories = '$scratch'
-port = 54329
-CONF
-as_postgres $PG_BIN/pg_ctl -D "$scratch/data" -l "$scratch/server.log" -w start >/dev/null
-psql_as() { as_postgres psql -X -q -h "$scratch" -p 54329 -d postgres -v ON_ERROR_STOP=1 "$@"; }
+pg_cluster_start "$scratch/pg"
+psql_as() { as_postgres "$PG_BIN/psql" -X -q -h "$PG_SOCKDIR" -p "$PG_PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
 
 psql_as -c "CREATE ROLE app LOGIN; CREATE EXTENSION lockext;"
 echo

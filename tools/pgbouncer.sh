@@ -6,6 +6,12 @@
 #   pgbouncer_start DIR PORT
 #       starts it (daemon, pid in DIR/pgbouncer.pid) and waits up to 5 s until a
 #       query through it works; returns 1 otherwise (e.g. the port was taken)
+#   pgbouncer_start_free DIR PG_PORT POOL_SIZE MAX_CLIENTS [EXTRA_INI_LINE...]
+#       config + start on a free port (tools/lib.sh free_port), on another one if that
+#       fails (taken between the check and pgbouncer's bind()), 3 tries; sets PGB_PORT,
+#       PGB_PID
+
+[ -n "${LOCKEXT_LIB_SH:-}" ] || . "$(dirname "${BASH_SOURCE[0]}")/lib.sh" # PG_BIN
 
 pgbouncer_config() {
 	local dir=$1 port=$2 pg_port=$3 pool=$4 clients=$5 line
@@ -27,9 +33,25 @@ pgbouncer_start() {
 	local dir=$1 port=$2
 	runuser -u postgres -- /usr/sbin/pgbouncer -d "$dir/pgbouncer.ini" >>"$dir/pgbouncer.out" 2>&1 || return 1
 	for _ in $(seq 50); do
-		/usr/lib/postgresql/15/bin/psql -X -qAt "host=127.0.0.1 port=$port dbname=postgres user=postgres" \
+		"$PG_BIN/psql" -X -qAt "host=127.0.0.1 port=$port dbname=postgres user=postgres" \
 			-c 'SELECT 1' >/dev/null 2>&1 && return 0
 		sleep 0.1
+	done
+	return 1
+}
+
+pgbouncer_start_free() {
+	local dir=$1 pid
+	shift
+	for _ in 1 2 3; do
+		PGB_PORT=$(free_port) || return 1
+		pgbouncer_config "$dir" "$PGB_PORT" "$@"
+		if pgbouncer_start "$dir" "$PGB_PORT"; then
+			PGB_PID=$(cat "$dir/pgbouncer.pid")
+			return 0
+		fi
+		pid=$(cat "$dir/pgbouncer.pid" 2>/dev/null) && kill "$pid" 2>/dev/null # up, but not reachable
+		rm -f "$dir/pgbouncer.pid"
 	done
 	return 1
 }

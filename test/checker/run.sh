@@ -13,8 +13,8 @@
 set -u
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$HERE/../../tools/lib.sh"
 . "$HERE/../../tools/pgbouncer.sh"
-PG_BIN=/usr/lib/postgresql/15/bin
 RUN_SECONDS=${CHECKER_SECONDS:-15}
 PROCS=${CHECKER_PROCS:-2}          # driver processes per run
 THREADS=${CHECKER_THREADS:-4}      # threads per driver process
@@ -45,18 +45,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 		die "apt-get install ${missing[*]} failed"
 fi
 pkg-config --exists lockext-client || die "lockext-client not installed: run 'make install' at the top level first"
-[ -f "$PG_BIN/../lib/lockext.so" ] || die "lockext.so not installed: run 'make install' at the top level first"
+[ -f "$("$PG_CONFIG" --pkglibdir)/lockext.so" ] || die "lockext.so not installed: run 'make install' at the top level first"
 
 # --- scratch dir, cleanup ---------------------------------------------------------------
 WORK=$(mktemp -d /tmp/lockext-checker.XXXXXX) || die "mktemp failed"
 chmod 755 "$WORK"
 chown postgres:postgres "$WORK"
-PGDATA=$WORK/data
-PGLOG=$WORK/postgres.log
 BG_PIDS=()            # drivers and nemesis loops of the current run
 PGB_STARTED=0
-
-as_pg() { runuser -u postgres -- "$@"; }
 
 pgb_pid() { cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null; }
 
@@ -79,14 +75,11 @@ kill_tree() { # a process we started and its descendants (by pid: a nemesis loop
 }
 
 cleanup() {
-	local pid i
+	local pid
 	trap - EXIT INT TERM
 	for pid in "${BG_PIDS[@]}"; do kill_tree "$pid"; done
 	[ "$PGB_STARTED" = 1 ] && stop_pgbouncer
-	for i in 1 2 3; do # again if a killed nemesis' pg_ctl restart was starting it
-		[ -f "$PGDATA/postmaster.pid" ] || break
-		as_pg "$PG_BIN/pg_ctl" stop -D "$PGDATA" -m immediate -w >/dev/null 2>&1 || sleep 1
-	done
+	pg_cluster_cleanup
 	[ "$KEEP" = 1 ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -94,10 +87,6 @@ trap 'exit 130' INT TERM
 
 wall_minus_mono() { # CLOCK_REALTIME - CLOCK_MONOTONIC, ns: maps the server log's times onto the histories'
 	python3 -c 'import time; m = time.monotonic_ns(); w = time.time_ns(); print(w - (m + time.monotonic_ns()) // 2)'
-}
-
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # --- build the driver -------------------------------------------------------------------
@@ -109,25 +98,11 @@ python3 "$HERE/test_check.py" >"$WORK/test_check.log" 2>&1 ||
 	{ cat "$WORK/test_check.log" >&2; die "check.py's own unit tests failed"; }
 
 # --- the cluster ------------------------------------------------------------------------
-PORT=$(free_port)
-as_pg "$PG_BIN/initdb" -D "$PGDATA" --auth=trust --username=postgres --no-instructions -E UTF8 \
-	>"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-cat >>"$PGDATA/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$WORK'
-shared_preload_libraries = 'lockext'
-restart_after_crash = on
-max_connections = 60
-lockext.max_ttl_ms = $MAX_TTL
-log_min_messages = log
-log_line_prefix = '%m [%p] '
-log_timezone = 'UTC'
-EOF
-pg_start() { as_pg "$PG_BIN/pg_ctl" start -D "$PGDATA" -l "$PGLOG" -w -t 60 >/dev/null 2>&1; }
-pg_start || { cat "$PGLOG" >&2; die "the server did not start"; }
+pg_cluster_start "$WORK" "restart_after_crash = on" "max_connections = 60" "lockext.max_ttl_ms = $MAX_TTL" \
+	"log_min_messages = log" "log_line_prefix = '%m [%p] '" "log_timezone = 'UTC'" ||
+	die "the server did not start"
 export PGCONNECT_TIMEOUT=3
-PSQL=(psql -X -A -t -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres)
+PSQL=("$PG_BIN/psql" -X -A -t -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres)
 "${PSQL[@]}" -c 'CREATE EXTENSION lockext' >/dev/null || die "CREATE EXTENSION lockext failed"
 
 wait_ready() { # until the server accepts a query (after a crash restart or pg_ctl restart)
@@ -141,7 +116,7 @@ wait_ready() { # until the server accepts a query (after a crash restart or pg_c
 
 # --- PgBouncer (transaction pooling, as postgres) ---------------------------------------
 PGB_PORT=$(free_port)
-pgbouncer_config "$WORK/pgb" "$PGB_PORT" "$PORT" 2 100
+pgbouncer_config "$WORK/pgb" "$PGB_PORT" "$PG_PORT" 2 100
 start_pgbouncer() {
 	PGB_STARTED=1
 	pgbouncer_start "$WORK/pgb" "$PGB_PORT"
@@ -167,7 +142,7 @@ nemesis_kill() { # $1 stop file, $2 $3 interval bounds in ms
 		pid=$("${PSQL[@]}" -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'
 			AND application_name = 'lockext-checker' ORDER BY random() LIMIT 1" 2>/dev/null)
 		# only a child of this cluster's postmaster (the pid may have been reused since)
-		if [ -n "$pid" ] && [ "$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$(head -1 "$PGDATA/postmaster.pid" 2>/dev/null)" ] &&
+		if [ -n "$pid" ] && [ "$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$(pg_cluster_pid)" ] &&
 			kill -KILL "$pid" 2>/dev/null; then
 			say "$(date +%T.%N) SIGKILL backend $pid"
 		else
@@ -181,7 +156,7 @@ nemesis_restart() { # alternating pg_ctl restart -m fast / -m immediate
 	while nap_or_stop "$stop" "$(rand_ms 2500 4000)"; do
 		mode=$([ $((n % 2)) = 0 ] && echo fast || echo immediate)
 		n=$((n + 1))
-		if as_pg "$PG_BIN/pg_ctl" restart -D "$PGDATA" -m "$mode" -l "$PGLOG" -w -t 60 >/dev/null 2>&1; then
+		if pg_cluster_ctl restart -m "$mode" -w -t 60 >/dev/null 2>&1; then
 			say "$(date +%T.%N) restart -m $mode"
 		else
 			say "$(date +%T.%N) restart -m $mode FAILED"
@@ -224,8 +199,8 @@ run_case() { # name, file prefix
 	local -a dargs drivers=()
 	local t0=$SECONDS log_off clock0 grace_args=()
 	clock0=$(wall_minus_mono)
-	log_off=$(stat -c %s "$PGLOG" 2>/dev/null || echo 0)
-	conninfo="host=127.0.0.1 port=$PORT dbname=postgres user=postgres application_name=lockext-checker"
+	log_off=$(stat -c %s "$PG_LOG" 2>/dev/null || echo 0)
+	conninfo="$PG_DSN application_name=lockext-checker"
 	# TTLs 100..2000 ms (log-uniform); 20 % of holders renew every ttl/3 while working
 	# 1-3 TTLs, the others work 0..75 % of the TTL, or (10 %) overrun it by up to 50 %
 	dargs=(--keys "$KEYS" --threads "$THREADS" --ttl-ms "$MAX_TTL" --ttl-min-ms 100
@@ -294,12 +269,12 @@ run_case() { # name, file prefix
 	# the grace a correct server would have kept (the default, the max TTL)
 	[ "$name" = selftest ] && grace_args=(--grace-ms "$MAX_TTL")
 	python3 "$HERE/check.py" --label "$name" --json "$f.json" --examples 3 \
-		--server-log "$PGLOG" --server-log-from "$log_off" --wall-minus-mono "$clock0" --wall-minus-mono "$(wall_minus_mono)" \
+		--server-log "$PG_LOG" --server-log-from "$log_off" --wall-minus-mono "$clock0" --wall-minus-mono "$(wall_minus_mono)" \
 		"${grace_args[@]}" "$f".p*.jsonl >"$f.check.log" 2>&1
 	rc=$?
 	# server processes that died of anything but the nemesis' SIGKILL
 	local crashes
-	crashes=$(tail -c +"$((log_off + 1))" "$PGLOG" | grep -c 'terminated by signal [^9]\|PANIC\|TRAP:')
+	crashes=$(tail -c +"$((log_off + 1))" "$PG_LOG" | grep -c 'terminated by signal [^9]\|PANIC\|TRAP:')
 
 	row=$(python3 - "$f.json" "$name" "$expect" "$rc" "$hung" "$events" "$crashes" "$((SECONDS - t0))" <<'EOF'
 import json, sys
@@ -335,7 +310,7 @@ EOF
 	say "  => ${row##*$'\t'}"
 }
 
-say "lockext checker: ${#RUNS[@]} runs x ${RUN_SECONDS}s, $PROCS driver processes x $THREADS threads, $KEYS keys, max ttl ${MAX_TTL} ms (grace = max ttl), port $PORT"
+say "lockext checker: ${#RUNS[@]} runs x ${RUN_SECONDS}s, $PROCS driver processes x $THREADS threads, $KEYS keys, max ttl ${MAX_TTL} ms (grace = max ttl), port $PG_PORT"
 T_START=$SECONDS
 n=0
 for r in "${RUNS[@]}"; do
