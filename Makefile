@@ -28,7 +28,10 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 override with_llvm = no
 
 PG_CPPFLAGS = -I$(srcdir)/src -isystem $(shell $(PG_CONFIG) --includedir-server)
-PG_CXXFLAGS = -std=c++20 -Wall -Wextra -Werror -Wno-register -MMD -MP $(LOCKEXT_EXTRA_CXXFLAGS)
+# -fno-semantic-interposition: calls inside a module may be inlined although
+# the shared object exports the functions (nobody interposes them)
+PG_CXXFLAGS = -std=c++20 -Wall -Wextra -Werror -Wno-register -fno-semantic-interposition -MMD -MP \
+              $(LOCKEXT_EXTRA_CXXFLAGS)
 SHLIB_LINK  = -lstdc++ $(LOCKEXT_EXTRA_LDFLAGS)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)

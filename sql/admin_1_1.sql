@@ -33,6 +33,14 @@ SELECT fence AS after_fence FROM try_lock('admin11:c', 1000) \gset
 SELECT lockext_fence_resume(0) >= :after_fence AS never_lowered;
 SELECT fence > :after_fence AS still_rising FROM try_lock('admin11:d', 1000);
 
-SELECT count(*) AS evicted FROM unnest(ARRAY['admin11:a', 'admin11:b', 'admin11:c', 'admin11:d']) k
+-- the handle's fence is the lease's, whatever the key's length (1- and 4-byte varlena headers)
+SELECT fence AS short_fence FROM try_lock('admin11:e', 1000) \gset
+SELECT fence = :short_fence AS short_key_fence_ok FROM lockext_leases WHERE key = 'admin11:e';
+SELECT fence AS long_fence, ttl_ms FROM try_lock(repeat('k', 200), 1234) \gset
+SELECT fence = :long_fence AS long_key_fence_ok, :ttl_ms = 1234 AS ttl_ok
+  FROM lockext_leases WHERE key = repeat('k', 200);
+
+SELECT count(*) AS evicted
+  FROM unnest(ARRAY['admin11:a', 'admin11:b', 'admin11:c', 'admin11:d', 'admin11:e', repeat('k', 200)]) k
  WHERE lockext_force_release(k);
 DROP ROLE lockext_plain;

@@ -9,10 +9,9 @@
  * never a NULL result that would read as contention.  Every entry point is
  * wrapped by LOCKEXT_SQL_FUNCTION, so no C++ exception reaches PostgreSQL.
  *
- * try_lock resolves everything that can fail (arguments, the result's
- * descriptor, the durable TTL ceiling) before it grants, and releases the
- * lease again if building the result fails after the grant, so an ERROR
- * never leaves a lease nobody has the lock_id of.
+ * try_lock does everything that can fail (arguments, the result's
+ * descriptor and memory, the durable TTL ceiling) before it grants, so an
+ * ERROR never leaves a lease nobody has the lock_id of.
  *
  * Locking protocol: no lock is held here; lock_table.cpp takes and releases
  * the partition lock inside each call, and every ereport happens after.
@@ -29,6 +28,7 @@ extern "C"
 #include <sys/socket.h>
 
 #include "access/htup_details.h"
+#include "access/tupmacs.h"
 #include "access/xlog.h"
 #include "funcapi.h"
 #include "libpq/libpq-be.h"
@@ -122,6 +122,30 @@ NextRandomLockId(pg_uuid_t *lock_id)
 	return true;
 }
 
+/* True if tupdesc is lock_handle as the install script creates it (see HandleFinish). */
+static bool
+HandleLayoutExpected(TupleDesc tupdesc)
+{
+	static const struct
+	{
+		int16		len;
+		char		align;
+	}			expected[5] = {{-1, TYPALIGN_INT}, {UUID_LEN, TYPALIGN_CHAR}, {8, TYPALIGN_DOUBLE},
+							   {8, TYPALIGN_DOUBLE}, {8, TYPALIGN_DOUBLE}};
+
+	if (tupdesc->natts != 5)
+		return false;
+	for (int i = 0; i < 5; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+
+		if (att->attisdropped || att->attlen != expected[i].len || att->attalign != expected[i].align ||
+			(i >= 2 && !att->attbyval))
+			return false;
+	}
+	return true;
+}
+
 /* The blessed lock_handle descriptor, looked up once per call site (fn_extra). */
 static TupleDesc
 HandleTupleDesc(FunctionCallInfo fcinfo)
@@ -135,6 +159,10 @@ HandleTupleDesc(FunctionCallInfo fcinfo)
 		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 			ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 							errmsg("try_lock() must be called in a context that accepts a lock_handle")));
+		if (!HandleLayoutExpected(tupdesc))
+			ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+							errmsg("type lock_handle does not have the layout lockext expects"),
+							errhint("Reinstall the extension: DROP EXTENSION lockext; CREATE EXTENSION lockext.")));
 		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
 		MemoryContextSwitchTo(old);
 		fcinfo->flinfo->fn_extra = tupdesc;
@@ -143,24 +171,51 @@ HandleTupleDesc(FunctionCallInfo fcinfo)
 }
 
 /*
- * The lock_handle for a granted lease.  Called after the grant, so the
- * descriptor was resolved before it (HandleTupleDesc) and the caller
- * releases the lease again if this fails (out of memory).
+ * The lock_handle for a lease about to be granted, built so that nothing
+ * can fail after the grant: HandleStart() forms the whole tuple before it,
+ * with a placeholder fence (a fixed-width, by-value field, so the tuple's
+ * layout does not depend on its value); HandleFinish() only stores the
+ * fence into it after.
  */
-static Datum
-MakeHandle(TupleDesc tupdesc, text *key, const LockextGrantRequest *request, int64 fence)
+typedef struct HandleTuple
+{
+	TupleDesc	tupdesc;
+	HeapTuple	tuple;
+} HandleTuple;
+
+static void
+HandleStart(HandleTuple *handle, TupleDesc tupdesc, text *key, const LockextGrantRequest *request)
 {
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
-	pg_uuid_t  *lock_id = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
 
-	*lock_id = request->lock_id;
 	values[0] = PointerGetDatum(key);
-	values[1] = UUIDPGetDatum(lock_id);
+	values[1] = UUIDPGetDatum(&request->lock_id);
 	values[2] = Int64GetDatum(request->ttl_ms);
-	values[3] = Int64GetDatum(fence);
+	values[3] = Int64GetDatum(0);	/* the fence, known after the grant */
 	values[4] = TimestampTzGetDatum(request->wall_now + request->ttl_ms * INT64CONST(1000));
-	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+	handle->tupdesc = tupdesc;
+	handle->tuple = heap_form_tuple(tupdesc, values, nulls);
+}
+
+/*
+ * Cannot fail: stores the fence into the tuple HandleStart() formed, where
+ * heap_deform_tuple() reads it: after the key (a varlena at offset 0, with
+ * the header heap_fill_tuple chose), the 16-byte uuid (char-aligned) and the
+ * int8 ttl_ms, both int8 fields double-aligned.  HandleTupleDesc() checked
+ * that the descriptor has this layout.
+ */
+static Datum
+HandleFinish(HandleTuple *handle, int64 fence)
+{
+	HeapTupleHeader td = handle->tuple->t_data;
+	char	   *tp = (char *) td + td->t_hoff;
+	Size		off = VARSIZE_ANY(tp) + UUID_LEN;
+
+	off = TYPEALIGN(sizeof(int64), off) + sizeof(int64);
+	off = TYPEALIGN(sizeof(int64), off);
+	memcpy(tp + off, &fence, sizeof(fence));
+	return HeapTupleGetDatum(handle->tuple);	/* no external field: nothing to flatten */
 }
 
 /* Raises the error for a grant that neither succeeded nor met contention. */
@@ -213,15 +268,13 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 	LockextGrantRequest request;
 	LockextGrantResult result;
 	LockextGrantStatus status;
-	TupleDesc	tupdesc;
+	HandleTuple handle;
 	text	   *key;
-	Datum		handle = (Datum) 0;
 
 	LockextCheckWritable("try_lock");
 	GraceOnRecoveryFinished();
 	key = LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
 	request.ttl_ms = LockextCheckTtl(PG_GETARG_DATUM(1), PG_ARGISNULL(1));
-	tupdesc = HandleTupleDesc(fcinfo);
 	if (FenceIsLost())
 		ReportGrantFailure(LOCKEXT_FENCE_LOST, &result);
 	RecordTtlCeiling(request.ttl_ms);
@@ -231,25 +284,15 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 						errmsg("could not generate a random lock_id")));
 	request.wall_now = GetCurrentTimestamp();
 	FillRequester(&request);
+	/* everything that can fail happens before the grant */
+	HandleStart(&handle, HandleTupleDesc(fcinfo), key, &request);
 
 	status = LockTableGrant(&probe, &request, &result);
 	if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
 		PG_RETURN_NULL();
 	if (status != LOCKEXT_GRANTED)
 		ReportGrantFailure(status, &result);
-
-	/* an error from here on must not leave a lease nobody has the lock_id of */
-	PG_TRY();
-	{
-		handle = MakeHandle(tupdesc, key, &request, result.fence);
-	}
-	PG_CATCH();
-	{
-		(void) LockTableRelease(&probe, &request.lock_id);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	return handle;
+	return HandleFinish(&handle, result.fence);
 }
 
 /* ttl == NULL: keep the lease's own TTL (clamped to lockext.max_ttl_ms) */
