@@ -82,6 +82,7 @@ DurableSeal(LockextDurableRecord *record)
 {
 	record->magic = RECORD_MAGIC;
 	record->version = RECORD_VERSION;
+	record->padding = 0;
 	record->crc = RecordCrc(record, offsetof(LockextDurableRecord, crc));
 }
 
@@ -101,8 +102,10 @@ DurableRecordValid(const LockextDurableRecord *record)
 void
 DurableMerge(LockextDurableRecord *into, const LockextDurableRecord *from)
 {
-	/* proven if any copy is: an unproven one can only raise the bound */
-	into->flags &= from->flags;
+	/* proven if any copy is (an unproven one can only raise the bound); owed if any says so */
+	into->flags = ((into->flags & from->flags) & LOCKEXT_DURABLE_FENCE_UNPROVEN) |
+		((into->flags | from->flags) & LOCKEXT_DURABLE_PROMOTION_OWED);
+	into->standby_timeline = Max(into->standby_timeline, from->standby_timeline);
 	into->fence_reserved = Max(into->fence_reserved, from->fence_reserved);
 	into->ttl_ceiling_ms = Max(into->ttl_ceiling_ms, from->ttl_ceiling_ms);
 	if (from->grace_reason == 0)
@@ -181,9 +184,14 @@ DurableLoad(LockextDurableLoad *load)
 		LockextDurableRecord record;
 
 		status = ReadSmallFile(path, &record, sizeof(record));
+		if (status >= 0 && strcmp(path, LOCKEXT_MARKER_FILE) == 0)
+			load->marker_present = true;
 		NoteCopy(load, path, status == 0 && !DurableRecordValid(&record) ? 1 : status, &record);
 	}
 
+	/* lockext 1.0's fence file counts only where no 1.1 copy exists (an upgrade) */
+	if (load->copies_valid > 0 || load->copies_damaged > 0)
+		return;
 	status = ReadSmallFile(LOCKEXT_LEGACY_FENCE_FILE, &legacy, sizeof(legacy));
 	if (status == 0 &&
 		(legacy.magic != LEGACY_FENCE_MAGIC || legacy.version != LEGACY_FENCE_VERSION ||
@@ -379,6 +387,8 @@ SetGrace(LockextDurableRecord *record, const void *arg)
 	record->grace_reason = grace->reason;
 	record->grace_length_ms = grace->length_ms;
 	record->grace_until_boot_ns = grace->until_boot_ns;
+	/* a grace armed (or ended by an operator) settles a promotion grace owed */
+	record->flags &= ~LOCKEXT_DURABLE_PROMOTION_OWED;
 }
 
 /* Records the grace period in force (reason 0: none). */

@@ -64,7 +64,9 @@ typedef struct LockextDurableRecord
 	uint64		fence_reserved;
 	int64		ttl_ceiling_ms;
 	int32		grace_reason;	/* LockextGraceReason; 0 = none */
-	uint32		flags;			/* LOCKEXT_DURABLE_FENCE_UNPROVEN */
+	uint32		flags;			/* LOCKEXT_DURABLE_* below */
+	uint32		standby_timeline;	/* with PROMOTION_OWED: timeline the standby started on */
+	uint32		padding;
 	int64		grace_length_ms;
 	int64		grace_until_boot_ns;
 	char		boot_id[LOCKEXT_BOOT_ID_LEN];	/* the host boot of the writer */
@@ -76,11 +78,18 @@ typedef struct LockextDurableRecord
  * started without a readable copy and no operator has named a floor yet.
  */
 #define LOCKEXT_DURABLE_FENCE_UNPROVEN 0x1
+/*
+ * The server ran in recovery and has not armed its promotion grace yet: a
+ * start that is no longer in recovery owes one (a clean restart right after
+ * a promotion, or a standby started without standby.signal).
+ */
+#define LOCKEXT_DURABLE_PROMOTION_OWED 0x2
 
 typedef struct LockextDurableLoad
 {
 	bool		valid;			/* at least one copy was readable */
 	LockextDurableRecord record;	/* merged from the readable copies */
+	bool		marker_present; /* pg_lockext/running exists, readable or not */
 	int			copies_valid;
 	int			copies_damaged; /* present but unreadable */
 	const char *damaged[3];		/* which ones */

@@ -717,8 +717,9 @@ LockTableCopyLive(int *count)
  * leases are the entries in use; when some lease may have expired since
  * the last sweep, a sweep reclaims them first, unless sweeps already took
  * more than a tenth of the recent time (a huge table read in a loop must
- * not hold grants back): then expired leases not yet reclaimed are counted
- * too, until the next sweep.
+ * not hold grants back; one reader claims each sweep with a compare-and-
+ * swap, so many readers do not multiply it): then expired leases not yet
+ * reclaimed are counted too, until the next sweep.
  */
 void
 LockTableCollectCounts(LockextCounts *counts)
@@ -728,10 +729,12 @@ LockTableCollectCounts(LockextCounts *counts)
 	if ((uint64) now_ns >= pg_atomic_read_u64(&table_state->earliest_expiry_ns))
 	{
 		int64		real_ns = LockextRealNowNanos();
-		int64		since = real_ns - (int64) pg_atomic_read_u64(&table_state->last_sweep_ns);
+		uint64		last = pg_atomic_read_u64(&table_state->last_sweep_ns);
 		int64		cost = (int64) pg_atomic_read_u64(&table_state->last_sweep_cost_ns);
 
-		if (since >= 9 * cost)
+		/* one reader claims the sweep; concurrent readers do not pile up behind it */
+		if (real_ns - (int64) last >= 9 * cost &&
+			pg_atomic_compare_exchange_u64(&table_state->last_sweep_ns, &last, (uint64) real_ns))
 			LockTableSweepExpired();
 	}
 

@@ -101,10 +101,11 @@ RecoverFences(bool first_start, const LockextDurableLoad *load, bool record_vali
 	if (proven && record->fence_reserved >= lease_file->max_fence_counter)
 	{
 		FenceRecover(record->fence_reserved);
-		if (load->copies_damaged > 0 || load->copies_valid == 0)
+		if (load->copies_damaged > 0 || load->copies_valid < 2)
 			ereport(WARNING,
-					(errmsg("lockext: %s is missing or unreadable; fences resume from the reservation recorded in %s",
-							load->copies_damaged > 0 ? load->damaged[0] : LOCKEXT_STATE_FILE,
+					(errmsg("lockext: \"%s\" is missing or unreadable; fences resume from the reservation recorded in %s",
+							load->copies_damaged > 0 ? load->damaged[0] :
+							!load->marker_present ? LOCKEXT_MARKER_FILE : LOCKEXT_STATE_FILE,
 							load->copies_valid > 0 ? "another copy of the durable record"
 												   : "\"" LOCKEXT_LEASES_FILE "\" at the last clean shutdown"),
 					 errdetail("Every fence handed out before is at or below counter " UINT64_FORMAT ".",
@@ -121,15 +122,21 @@ RecoverFences(bool first_start, const LockextDurableLoad *load, bool record_vali
 			 errhint("If you know a fence at or above every fence granted before, run SELECT lockext_fence_resume(that_fence) as a superuser.")));
 }
 
-/* What kind of start this is, as far as leases are concerned. */
+/*
+ * What kind of start this is, as far as leases are concerned.  Clean means
+ * a valid lease file and no marker: a clean shutdown removes the marker
+ * last, and a start writes it before it removes the lease file, so a marker
+ * next to a lease file means that one of the two did not finish.
+ */
 static LockextGraceReason
-StartReason(bool first_start, bool reinitialising, const LockextRestoreOutcome *lease_file)
+StartReason(bool first_start, bool reinitialising, bool marker_present,
+			const LockextRestoreOutcome *lease_file)
 {
 	if (first_start)
 		return LOCKEXT_GRACE_NONE;
 	if (reinitialising)
 		return LOCKEXT_GRACE_CRASH_RESTART;
-	if (!lease_file->present)
+	if (!lease_file->present || marker_present)
 		return LOCKEXT_GRACE_UNCLEAN_SHUTDOWN;
 	if (!lease_file->readable || (lease_file->saved && !lease_file->complete))
 		return LOCKEXT_GRACE_NOT_RESTORED;
@@ -150,7 +157,9 @@ static void
 RecoverAtStartup(bool reinitialising)
 {
 	struct stat st;
-	bool		first_start = stat(LOCKEXT_DIR, &st) != 0 && errno == ENOENT;
+	/* after a crash reinitialisation, a missing directory is a loss, not a first start */
+	bool		dir_missing = stat(LOCKEXT_DIR, &st) != 0 && errno == ENOENT;
+	bool		first_start = dir_missing && !reinitialising;
 	bool		in_recovery = access(STANDBY_SIGNAL_FILE, F_OK) == 0 ||
 		access(RECOVERY_SIGNAL_FILE, F_OK) == 0;
 	LockextDurableLoad load;
@@ -160,7 +169,10 @@ RecoverAtStartup(bool reinitialising)
 	bool		record_valid;
 	LockextGraceReason reason;
 
-	if (first_start && MakePGDirectory(LOCKEXT_DIR) != 0 && errno != EEXIST)
+	bool		promotion_owed;
+	uint32		timeline = PersistControlTimeline();
+
+	if (dir_missing && MakePGDirectory(LOCKEXT_DIR) != 0 && errno != EEXIST)
 		ereport(WARNING, (errmsg("lockext: could not create directory \"%s\": %m", LOCKEXT_DIR)));
 
 	DurableLoad(&load);
@@ -181,19 +193,50 @@ RecoverAtStartup(bool reinitialising)
 	}
 
 	RecoverFences(first_start, &load, record_valid, &record, &lease_file);
+	promotion_owed = record_valid && (record.flags & LOCKEXT_DURABLE_PROMOTION_OWED) != 0;
 
 	/* a grace period that has begun goes on, whatever happened since */
 	GraceRecover(record_valid ? &record : NULL);
-	reason = StartReason(first_start, reinitialising, &lease_file);
+	reason = StartReason(first_start, reinitialising, load.marker_present, &lease_file);
 	if (in_recovery)
 		GraceArmPromotion(record.ttl_ceiling_ms);
-	else if (reason != LOCKEXT_GRACE_NONE)
-		GraceStart(reason, record.ttl_ceiling_ms);
+	else
+	{
+		if (promotion_owed)
+		{
+			/*
+			 * The last run was a standby whose promotion grace was never
+			 * armed: promoted and stopped before that, or started now as a
+			 * primary without standby.signal.  In the latter case the
+			 * timeline did not move, so its fences could repeat the old
+			 * primary's.
+			 */
+			if (timeline != 0 && timeline <= record.standby_timeline)
+			{
+				FenceMarkLost(FenceReserved());
+				ereport(WARNING,
+						(errmsg("lockext: this server ran as a standby on timeline %u and now starts as a primary on the same timeline",
+								timeline),
+						 errdetail("Its fences could repeat those of the primary it followed, so no lease will be granted until an operator names a fence floor."),
+						 errhint("Promote standbys with pg_ctl promote or pg_promote(); otherwise run SELECT lockext_fence_resume(highest_fence_of_the_old_primary).")));
+			}
+			GraceStart(LOCKEXT_GRACE_PROMOTION, record.ttl_ceiling_ms);
+		}
+		if (reason != LOCKEXT_GRACE_NONE)
+			GraceStart(reason, record.ttl_ceiling_ms);
+	}
 
 	memset(&run, 0, sizeof(run));
 	run.fence_reserved = FenceReserved();
 	run.ttl_ceiling_ms = lease_file.ttl_ceiling_ms;
 	run.flags = FenceIsLost() ? LOCKEXT_DURABLE_FENCE_UNPROVEN : 0;
+	if (in_recovery)
+	{
+		/* a standby grants nothing: keep what it knows of the primary's TTLs */
+		run.ttl_ceiling_ms = Max(run.ttl_ceiling_ms, record.ttl_ceiling_ms);
+		run.flags |= LOCKEXT_DURABLE_PROMOTION_OWED;
+		run.standby_timeline = timeline;
+	}
 	GraceRecordFields(&run.grace_reason, &run.grace_length_ms, &run.grace_until_boot_ns);
 	if (!DurableBeginRun(&run))
 	{
@@ -202,13 +245,13 @@ RecoverAtStartup(bool reinitialising)
 				(errcode_for_file_access(),
 				 errmsg("lockext could not write \"%s\" and \"%s\": %m",
 						LOCKEXT_STATE_FILE, LOCKEXT_MARKER_FILE),
-				 errdetail("No lease will be granted until both can be written."),
-				 errhint("Fix the directory \"%s\", then run SELECT lockext_fence_resume(0) as a superuser.",
-						 LOCKEXT_DIR)));
+				 errdetail("No lease will be granted until both can be written; the lease file is kept."),
+				 errhint("Fix the directory \"%s\", then run SELECT lockext_fence_resume(" INT64_FORMAT ") as a superuser.",
+						 LOCKEXT_DIR, (int64) FenceReserved())));
 		FenceMarkLost(FenceReserved());
 	}
 	/* only now: until both copies are durable the lease file is the only record */
-	if (lease_file.present)
+	else if (lease_file.present)
 		PersistRemoveLeaseFile();
 
 	/* the list of exit callbacks is emptied by each crash reinitialisation */

@@ -69,26 +69,43 @@ typedef struct LeasesFileTrailer
 	pg_crc32c	crc;			/* of everything before it, count included */
 } LeasesFileTrailer;
 
-/* True if pg_control records a completed shutdown checkpoint. */
-bool
-PersistShutdownWasClean(void)
+/* Reads pg_control; false if it is unreadable or its CRC does not match. */
+static bool
+ReadControlFile(ControlFileData *control)
 {
-	ControlFileData control;
 	pg_crc32c	crc;
 	int			fd = open(XLOG_CONTROL_FILE, O_RDONLY | PG_BINARY, 0);
 	bool		ok;
 
 	if (fd < 0)
 		return false;
-	ok = read(fd, &control, sizeof(control)) == (ssize_t) sizeof(control);
+	ok = read(fd, control, sizeof(*control)) == (ssize_t) sizeof(*control);
 	close(fd);
 	if (!ok)
 		return false;
 	INIT_CRC32C(crc);
-	COMP_CRC32C(crc, &control, offsetof(ControlFileData, crc));
+	COMP_CRC32C(crc, control, offsetof(ControlFileData, crc));
 	FIN_CRC32C(crc);
-	return EQ_CRC32C(crc, control.crc) &&
+	return EQ_CRC32C(crc, control->crc);
+}
+
+/* True if pg_control records a completed shutdown checkpoint. */
+bool
+PersistShutdownWasClean(void)
+{
+	ControlFileData control;
+
+	return ReadControlFile(&control) &&
 		(control.state == DB_SHUTDOWNED || control.state == DB_SHUTDOWNED_IN_RECOVERY);
+}
+
+/* The timeline of pg_control's last checkpoint; 0 if unreadable. */
+uint32
+PersistControlTimeline(void)
+{
+	ControlFileData control;
+
+	return ReadControlFile(&control) ? control.checkPointCopy.ThisTimeLineID : 0;
 }
 
 static bool

@@ -27,6 +27,7 @@
  *	PersistRestore()		restore the leases, report what the file said (startup)
  *	PersistRemoveLeaseFile()
  *	PersistShutdownWasClean()	pg_control records a completed shutdown
+ *	PersistControlTimeline()	the timeline of pg_control's last checkpoint (0 if unreadable)
  *	PersistSave()			write the file (postmaster, clean shutdown)
  *
  * Locking protocol: startup and shutdown run in the postmaster with no
@@ -59,6 +60,7 @@ typedef struct LockextRestoreOutcome
 extern void PersistRestore(bool restore_leases, LockextRestoreOutcome *outcome);
 extern void PersistRemoveLeaseFile(void);
 extern bool PersistShutdownWasClean(void);
+extern uint32 PersistControlTimeline(void);
 extern bool PersistSave(bool save_leases, const LockextDurableRecord *record);
 
 #endif							/* LOCKEXT_PERSIST_H */

@@ -26,7 +26,13 @@ WorkerRegister(void)
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	/*
+	 * Not BGW_NEVER_RESTART: the postmaster forgets such workers at a crash
+	 * reinitialisation, and a standby that crash-restarted during recovery
+	 * still needs it at promotion.  It exits with code 0 once it has run,
+	 * which unregisters it.
+	 */
+	worker.bgw_restart_time = 1;
 	strlcpy(worker.bgw_library_name, "lockext", sizeof(worker.bgw_library_name));
 	strlcpy(worker.bgw_function_name, "lockext_worker_main", sizeof(worker.bgw_function_name));
 	strlcpy(worker.bgw_name, "lockext worker", sizeof(worker.bgw_name));

@@ -13,9 +13,11 @@
  * grant.  The grace therefore starts a few milliseconds after promotion
  * (never earlier), and a server promoted long ago is not blocked by a grace
  * that starts at its first lease call.  The worker exits once it has done
- * so; on a server that does not start in recovery it exits at once.  (If
- * it cannot start, say with max_worker_processes exhausted, or after a
- * crash restart during recovery, the first lease call arms the grace.)
+ * so; on a server that does not start in recovery it exits at once.  It is
+ * not BGW_NEVER_RESTART, so it survives crash reinitialisations of a
+ * standby.  If it cannot start (max_worker_processes exhausted), the first
+ * lease call arms the grace, and the durable record says that a promotion
+ * grace is owed, so a restart before that still applies it.
  *
  * Interface:
  *	WorkerRegister()		_PG_init

@@ -234,7 +234,8 @@ LOCKEXT_SQL_FUNCTION(lockext_grace)
 }
 
 /*
- * lockext_grace_end() RETURNS boolean (1.1); revoked from PUBLIC.  Ends the
+ * lockext_grace_end() RETURNS boolean (1.1); revoked from PUBLIC (an
+ * operator role may be granted EXECUTE).  Ends the
  * grace period in force, for an operator who knows that no earlier holder
  * is alive; true if one was in force.
  */
@@ -242,7 +243,6 @@ LOCKEXT_SQL_FUNCTION(lockext_grace_end)
 {
 	(void) fcinfo;
 	LockextCheckWritable("lockext_grace_end");
-	LockextRequireSuperuser("lockext_grace_end");
 	PG_RETURN_BOOL(GraceEnd());
 }
 
@@ -258,7 +258,6 @@ LOCKEXT_SQL_FUNCTION(lockext_fence_resume)
 	int64		next_above = 0;
 
 	LockextCheckWritable("lockext_fence_resume");
-	LockextRequireSuperuser("lockext_fence_resume");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 						errmsg("fence floor must not be null")));
