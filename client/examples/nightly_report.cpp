@@ -35,7 +35,7 @@ main(int argc, char **argv)
 	const std::uint64_t ttl_ms = 900;
 
 	lockext::PgLockingPlugin locks(argv[1]);
-	const auto before = std::chrono::steady_clock::now(); // the lease starts no earlier
+	const auto before = lockext::BootClock::now(); // the lease starts no earlier
 	auto acquired = locks.try_lock(key, ttl_ms);
 	if (!acquired)
 	{

@@ -11,16 +11,18 @@
 
 #include <algorithm>
 #include <atomic>
+#include <stdexcept>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
-
-#include "validate.hpp"
 
 namespace lockext
 {
 
 using Clock = LeaseKeeper::Clock;
+
+/* Longest single wait of the keeper thread (see run()). */
+constexpr std::chrono::milliseconds kSlice{250};
 
 struct LeaseKeeper::State
 {
@@ -59,15 +61,23 @@ struct LeaseKeeper::State
 	}
 
 	/* Marks the lease lost and runs the callback; caller holds lock, which is
-	 * released for the callback and not re-acquired. */
+	 * released for the callback and not re-acquired. An exception from the callback
+	 * is swallowed: on the keeper's thread it would terminate the process. */
 	void declare_lost(std::unique_lock<std::mutex> &lock, std::string why)
 	{
 		reason = std::move(why);
 		lost = true;
 		const std::string copy = reason;
 		lock.unlock();
-		if (on_lost)
+		if (!on_lost)
+			return;
+		try
+		{
 			on_lost(copy);
+		}
+		catch (...)
+		{
+		}
 	}
 
 	std::string ran_out() const
@@ -79,13 +89,17 @@ struct LeaseKeeper::State
 		return why;
 	}
 
-	void run()
+	void run(Clock::time_point acquired_at)
 	{
 		std::unique_lock lock(mutex);
-		auto next = Clock::now() + interval;
+		auto next = acquired_at + interval; // in the past when late: renew at once
 		while (!stopping)
 		{
-			cv.wait_until(lock, std::min(next, deadline()), [&] { return stopping; });
+			/* condition_variable waits on CLOCK_MONOTONIC, which stops while the host is
+			 * suspended: wait in slices so that the BootClock deadline is checked again
+			 * at most kSlice after a resume. */
+			cv.wait_until(lock, std::min({next, deadline(), Clock::now() + kSlice}),
+						  [&] { return stopping; });
 			if (stopping)
 				return;
 			if (Clock::now() >= deadline())
@@ -95,7 +109,7 @@ struct LeaseKeeper::State
 
 			lock.unlock();
 			const auto invoked = Clock::now();
-			auto renewed = plugin.renew(handle);
+			auto renewed = plugin.renew_outcome(handle);
 			lock.lock();
 			if (stopping)
 				return;
@@ -105,11 +119,11 @@ struct LeaseKeeper::State
 				last_error.clear();
 				next = invoked + interval;
 			}
-			else if (!renewed && detail::is_lock_lost(renewed.error()))
-				return declare_lost(lock, renewed.error());
+			else if (!renewed && renewed.error().kind == FailureKind::LockLost)
+				return declare_lost(lock, renewed.error().message);
 			else if (!renewed)
 			{
-				last_error = renewed.error();
+				last_error = renewed.error().message;
 				next = Clock::now() + retry_interval;
 			}
 			// else: the renew succeeded only after the known window ended; the loop
@@ -124,13 +138,27 @@ LeaseKeeper::LeaseKeeper(LockingPlugin &plugin, LockHandle handle, LostCallback 
 {
 	using std::chrono::milliseconds;
 	const auto ttl = m_state->ttl();
+	if (options.interval.count() > 0 && options.interval >= ttl)
+		throw std::invalid_argument("LeaseKeeper: interval (" +
+									std::to_string(options.interval.count()) +
+									" ms) must be less than the lease's ttl_ms (" +
+									std::to_string(m_state->handle.ttl_ms) + ")");
 	m_state->interval =
 		options.interval.count() > 0 ? options.interval : std::max(milliseconds(1), ttl / 3);
 	m_state->retry_interval = options.retry_interval.count() > 0
 								  ? options.retry_interval
 								  : std::max(milliseconds(10), ttl / 10);
-	m_state->valid_until = (acquired_at.value_or(Clock::now()) + ttl).time_since_epoch().count();
-	m_state->thread = std::thread([state = m_state.get()] { state->run(); });
+	const auto start = acquired_at.value_or(Clock::now());
+	m_state->valid_until = (start + ttl).time_since_epoch().count();
+	m_state->thread = std::thread([state = m_state.get(), start] { state->run(start); });
+}
+
+LeaseKeeper::LeaseKeeper(LockingPlugin &plugin, LockHandle handle, LostCallback on_lost,
+						 LeaseKeeperOptions options,
+						 std::chrono::steady_clock::time_point acquired_at)
+	: LeaseKeeper(plugin, std::move(handle), std::move(on_lost), options,
+				  std::optional<Clock::time_point>(BootClock::from_steady(acquired_at)))
+{
 }
 
 LeaseKeeper::~LeaseKeeper()

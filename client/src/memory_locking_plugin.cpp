@@ -9,6 +9,8 @@
  */
 #include <lockext/memory_locking_plugin.hpp>
 
+#include <lockext/boot_clock.hpp>
+
 #include <sys/random.h>
 
 #include <array>
@@ -19,6 +21,7 @@
 #include <map>
 #include <mutex>
 
+#include "errors_internal.hpp"
 #include "validate.hpp"
 
 namespace lockext
@@ -27,7 +30,7 @@ namespace lockext
 namespace
 {
 
-using Clock = std::chrono::steady_clock;
+using Clock = BootClock;
 
 struct Lease
 {
@@ -95,17 +98,18 @@ MemoryLockingPlugin::MemoryLockingPlugin(MemoryOptions options) : m_state(std::m
 
 MemoryLockingPlugin::~MemoryLockingPlugin() = default;
 
-Result<std::optional<LockHandle>>
-MemoryLockingPlugin::try_lock(std::string_view key, std::uint64_t ttl_ms)
+Outcome<std::optional<LockHandle>>
+MemoryLockingPlugin::try_lock_outcome(std::string_view key, std::uint64_t ttl_ms)
 {
 	const MemoryOptions &opt = m_state->options;
 	if (auto ok = detail::check_key("try_lock", key, opt.max_key_length); !ok)
-		return std::unexpected(ok.error());
+		return std::unexpected(std::move(ok.error()));
 	if (auto ok = detail::check_ttl("try_lock", ttl_ms, opt.max_ttl_ms); !ok)
-		return std::unexpected(ok.error());
+		return std::unexpected(std::move(ok.error()));
 	auto lock_id = random_uuid_v4();
 	if (!lock_id)
-		return std::unexpected(detail::failure("try_lock", lock_id.error()));
+		return std::unexpected(detail::make_failure(FailureKind::Server,
+													detail::failure("try_lock", lock_id.error())));
 
 	std::lock_guard guard(m_state->mutex);
 	auto &leases = m_state->leases;
@@ -120,9 +124,11 @@ MemoryLockingPlugin::try_lock(std::string_view key, std::uint64_t ttl_ms)
 	if (leases.size() >= opt.max_locks)
 		m_state->sweep(now);
 	if (leases.size() >= opt.max_locks)
-		return std::unexpected(detail::failure(
-			"try_lock", "lock table is full (" + std::to_string(leases.size()) + " of " +
-							std::to_string(opt.max_locks) + " slots hold unexpired leases)"));
+		return std::unexpected(detail::make_failure(
+			FailureKind::Capacity,
+			detail::failure("try_lock", "lock table is full (" + std::to_string(leases.size()) +
+											" of " + std::to_string(opt.max_locks) +
+											" slots hold unexpired leases)")));
 
 	const std::int64_t fence = ++m_state->last_fence;
 	leases.emplace(std::string(key),
@@ -130,34 +136,55 @@ MemoryLockingPlugin::try_lock(std::string_view key, std::uint64_t ttl_ms)
 	return LockHandle{std::string(key), *lock_id, ttl_ms, fence};
 }
 
-Result<void>
-MemoryLockingPlugin::renew(const LockHandle &handle)
+Outcome<void>
+MemoryLockingPlugin::renew_outcome(const LockHandle &handle)
 {
 	const MemoryOptions &opt = m_state->options;
-	if (auto ok = detail::check_handle("renew", handle, opt.max_key_length); !ok)
+	if (auto ok = detail::check_handle("renew", handle, opt.max_key_length, true); !ok)
 		return ok;
 	if (auto ok = detail::check_ttl("renew", handle.ttl_ms, opt.max_ttl_ms); !ok)
 		return ok;
+	const std::string lock_id = *detail::canonical_uuid(handle.lock_id);
 
 	std::lock_guard guard(m_state->mutex);
 	const auto now = Clock::now();
-	Lease *lease = m_state->held(handle.key, handle.lock_id, now);
+	Lease *lease = m_state->held(handle.key, lock_id, now);
 	if (lease == nullptr)
 		return std::unexpected(detail::lock_lost(handle.key));
 	lease->expires_at = now + std::chrono::milliseconds(handle.ttl_ms);
 	return {};
 }
 
+Outcome<void>
+MemoryLockingPlugin::release_outcome(LockHandle handle)
+{
+	if (auto ok = detail::check_handle("release", handle, m_state->options.max_key_length, true);
+		!ok)
+		return ok;
+	const std::string lock_id = *detail::canonical_uuid(handle.lock_id);
+
+	std::lock_guard guard(m_state->mutex);
+	if (m_state->held(handle.key, lock_id, Clock::now()) != nullptr)
+		m_state->leases.erase(handle.key);
+	return {}; // not held under this lock_id: a silent no-op
+}
+
+Result<std::optional<LockHandle>>
+MemoryLockingPlugin::try_lock(std::string_view key, std::uint64_t ttl_ms)
+{
+	return to_result(try_lock_outcome(key, ttl_ms));
+}
+
+Result<void>
+MemoryLockingPlugin::renew(const LockHandle &handle)
+{
+	return to_result(renew_outcome(handle));
+}
+
 Result<void>
 MemoryLockingPlugin::release(LockHandle handle)
 {
-	if (auto ok = detail::check_handle("release", handle, m_state->options.max_key_length); !ok)
-		return ok;
-
-	std::lock_guard guard(m_state->mutex);
-	if (m_state->held(handle.key, handle.lock_id, Clock::now()) != nullptr)
-		m_state->leases.erase(handle.key);
-	return {}; // not held under this lock_id: a silent no-op
+	return to_result(release_outcome(std::move(handle)));
 }
 
 Result<void>

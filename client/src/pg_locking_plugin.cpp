@@ -10,18 +10,30 @@
  *       one row, all NULL on contention
  *   SELECT renew($1::text, $2::uuid, $3::bigint)      true, or false = not held
  *   SELECT release($1::text, $2::uuid)                true, or false = no-op
+ *   SELECT active, reason, remaining_ms FROM lockext_grace()     grace_status()
  *
- * Every statement runs with libpq's asynchronous API under a client-side deadline
- * (PgOptions::statement_timeout), which needs no session state and so also works
- * behind a transaction-pooling proxy. Error classification:
+ * Every statement runs with libpq's asynchronous API on a non-blocking connection:
+ * sending flushes with PQflush + poll(2), every PQgetResult is preceded by
+ * PQconsumeInput/PQisBusy, and every wait is bounded by the client-side deadline
+ * (PgOptions::statement_timeout), so a server or proxy that stalls mid-reply (even
+ * after an ErrorResponse) cannot hang a call. The deadline needs no session state and
+ * so also works behind a transaction-pooling proxy.
+ *
+ * Failures are classified in errors.cpp (kind, SQLSTATE, outcome unknown):
  *   - server error with a SQLSTATE outside class 08 / 57P0x: "<op> failed: [SQLSTATE]
- *     message; detail: ...; hint: ..."; the connection stays in the pool;
+ *     message; detail: ...; hint: ..."; the connection stays in the pool, except after
+ *     25006 (read-only server: dropped, with the idle ones, so failover can move on);
  *   - anything else (libpq-side error, connection lost, deadline passed): the connection
  *     is discarded and so are the pool's idle ones; when the request had been sent, the
  *     message says the outcome is unknown (a try_lock may have granted a lease nobody
  *     knows the lock_id of; it expires after its TTL). It is never contention.
+ *   - 42P05 / 26000 for one of our named statements (a transaction pooler routes Parse
+ *     and Execute to different server connections): in the default mode the plugin
+ *     switches to unnamed statements for good, logs it once, and retries the call once
+ *     on the same connection (the Parse or Bind failed, so nothing was executed).
  *
- * Locking protocol: no locks of its own; PgPool serialises access to connections.
+ * Locking protocol: no locks of its own; PgPool serialises access to connections; the
+ * statement mode is an atomic flag.
  */
 #include <lockext/pg_locking_plugin.hpp>
 
@@ -29,10 +41,17 @@
 #include <poll.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 
+#include <lockext/boot_clock.hpp>
+
+#include "errors_internal.hpp"
 #include "pg_pool.hpp"
 #include "validate.hpp"
 
@@ -43,7 +62,9 @@ namespace
 {
 
 using detail::failure;
-using Clock = std::chrono::steady_clock;
+using detail::make_failure;
+using Clock = BootClock;
+using std::chrono::milliseconds;
 
 struct ResultCloser
 {
@@ -53,17 +74,28 @@ struct ResultCloser
 	}
 };
 using PgResult = std::unique_ptr<PGresult, ResultCloser>;
+/* The reply to one statement, or its failure (message without "<op> failed: "). */
+using Reply = std::expected<PgResult, Failure>;
 
 enum Statement : unsigned
 {
 	kTryLock = 0,
 	kRenew = 1,
 	kRelease = 2,
-	kStatementCount = 3
+	kGrace = 3,
+	kStatementCount = 4
 };
 
-constexpr std::array<const char *, kStatementCount> kOpNames = {"try_lock", "renew", "release"};
-constexpr std::array<int, kStatementCount> kParamCount = {2, 3, 2};
+constexpr std::array<const char *, kStatementCount> kOpNames = {"try_lock", "renew", "release",
+																"grace_status"};
+constexpr std::array<int, kStatementCount> kParamCount = {2, 3, 2, 0};
+
+enum class NamedMode
+{
+	Auto, // named until a pooler shows, then unnamed for good
+	On,   // named only
+	Off,  // unnamed only
+};
 
 /* "schema". with embedded quotes doubled, or "" for an unqualified name. */
 std::string
@@ -95,28 +127,19 @@ statement_name(const char *op, const std::string &sql)
 	return std::string("lockext_") + op + "_" + std::string(hex, end);
 }
 
-/* SQLSTATEs after which the connection must not be reused. */
+/* The connection is broken or in an unknown state after this failure. */
 bool
-is_connection_sqlstate(std::string_view state)
+breaks_connection(const Failure &f) noexcept
 {
-	return state.empty() || state.starts_with("08") || state == "57P01" || state == "57P02" ||
-		   state == "57P03";
+	return f.kind == FailureKind::ConnectionLost ||
+		   (f.kind == FailureKind::Timeout && f.sqlstate.empty());
 }
 
-/* What went wrong with one statement, before it becomes an error string. */
-struct Failure
-{
-	std::string sqlstate;    // empty for client-side failures
-	std::string message;     // "[SQLSTATE] message; detail: ...; hint: ..." or libpq text
-	bool connection = false; // the connection is broken or in an unknown state
-	bool sent = false;       // the request may have reached the server
-};
-
+/* A failure of one statement; sent = the request may have reached the server. */
 Failure
 failure_from(PGconn *conn, const PGresult *res, bool sent)
 {
 	Failure f;
-	f.sent = sent;
 	const char *state = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
 	f.sqlstate = state != nullptr ? state : "";
 	if (!f.sqlstate.empty())
@@ -135,54 +158,80 @@ failure_from(PGconn *conn, const PGresult *res, bool sent)
 		if (f.message.empty())
 			f.message = detail::one_line(PQerrorMessage(conn));
 	}
-	f.connection = is_connection_sqlstate(f.sqlstate) || PQstatus(conn) != CONNECTION_OK;
+	f.kind = detail::classify_statement_sqlstate(f.sqlstate);
+	if (PQstatus(conn) != CONNECTION_OK)
+		f.kind = FailureKind::ConnectionLost;
+	f.outcome_unknown = sent && breaks_connection(f);
 	return f;
 }
 
-/*
- * Waits for the reply of a request already sent on conn and returns its one result.
- * Waits at most until deadline (Clock::time_point::max() = no deadline).
- */
-Result<PgResult>
-await_result(PGconn *conn, Clock::time_point deadline, Failure &fail)
+Failure
+connection_failure(PGconn *conn, bool sent)
 {
-	while (PQisBusy(conn))
+	Failure f = failure_from(conn, nullptr, sent);
+	f.kind = FailureKind::ConnectionLost;
+	f.outcome_unknown = sent;
+	return f;
+}
+
+Failure
+timeout_failure(bool sent)
+{
+	return make_failure(FailureKind::Timeout,
+						"no reply within statement_timeout; the connection was discarded", "",
+						sent);
+}
+
+/* Flushes what PQsend* queued, on a non-blocking connection, until deadline. */
+Outcome<void>
+flush_all(PGconn *conn, Clock::time_point deadline)
+{
+	for (;;)
 	{
-		int wait_ms = -1;
-		if (deadline != Clock::time_point::max())
-		{
-			auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-			if (left.count() <= 0)
-			{
-				fail = {"", "no reply within statement_timeout; the connection was discarded", true,
-						true};
-				return std::unexpected(std::string());
-			}
-			wait_ms = static_cast<int>(std::min<std::int64_t>(left.count(), 1 << 30));
-		}
-		pollfd pfd{PQsocket(conn), POLLIN, 0};
-		int ready = poll(&pfd, 1, wait_ms);
-		if (ready < 0 && errno != EINTR)
-		{
-			fail = {"", std::string("poll failed: ") + std::strerror(errno), true, true};
-			return std::unexpected(std::string());
-		}
-		if (ready > 0 && PQconsumeInput(conn) == 0)
-		{
-			fail = failure_from(conn, nullptr, true);
-			fail.connection = true;
-			return std::unexpected(std::string());
-		}
+		const int r = PQflush(conn);
+		if (r == 0)
+			return {};
+		if (r < 0)
+			return std::unexpected(connection_failure(conn, true));
+		if (auto w = detail::wait_socket(PQsocket(conn), true, true, deadline); !w)
+			return std::unexpected(w.error().kind == FailureKind::Timeout ? timeout_failure(true)
+																		  : w.error());
+		/* libpq: when the socket is read-ready, consume input before flushing again. */
+		if (PQconsumeInput(conn) == 0)
+			return std::unexpected(connection_failure(conn, true));
 	}
-	PgResult first(PQgetResult(conn));
-	while (PGresult *extra = PQgetResult(conn)) // drain so the connection is idle again
-		PQclear(extra);
+}
+
+/*
+ * Waits for the reply of a request already sent (and flushed) on conn and returns its
+ * first result, after reading every result up to the end of the reply so that the
+ * connection is idle again. Never blocks past deadline (max() = no deadline): each
+ * PQgetResult is called only when PQisBusy says it will not block.
+ */
+Reply
+await_result(PGconn *conn, Clock::time_point deadline)
+{
+	PgResult first;
+	for (;;)
+	{
+		while (PQisBusy(conn))
+		{
+			if (auto w = detail::wait_socket(PQsocket(conn), true, false, deadline); !w)
+				return std::unexpected(
+					w.error().kind == FailureKind::Timeout ? timeout_failure(true) : w.error());
+			if (PQconsumeInput(conn) == 0)
+				return std::unexpected(connection_failure(conn, true));
+		}
+		PGresult *res = PQgetResult(conn);
+		if (res == nullptr)
+			break;
+		if (!first)
+			first.reset(res);
+		else
+			PQclear(res);
+	}
 	if (!first)
-	{
-		fail = failure_from(conn, nullptr, true);
-		fail.connection = true;
-		return std::unexpected(std::string());
-	}
+		return std::unexpected(connection_failure(conn, true));
 	return first;
 }
 
@@ -194,11 +243,13 @@ struct PgLockingPlugin::Impl
 	detail::PgPool pool;
 	std::array<std::string, kStatementCount> sql;
 	std::array<std::string, kStatementCount> names;
+	NamedMode mode = NamedMode::Auto;
+	std::atomic<bool> unnamed{false};    // Auto mode switched to unnamed statements
+	std::optional<Failure> bad_conninfo; // the conninfo does not parse
 
 	Impl(std::string conninfo, PgOptions opts)
 		: options(std::move(opts)),
-		  pool(detail::PgPoolConfig{std::move(conninfo),
-									std::max<std::size_t>(options.pool_size, 1),
+		  pool(detail::PgPoolConfig{conninfo, std::max<std::size_t>(options.pool_size, 1),
 									options.connect_timeout, options.acquire_timeout})
 	{
 		const std::string q = qualifier(options.schema);
@@ -206,97 +257,160 @@ struct PgLockingPlugin::Impl
 			"SELECT lock_id::text, fence, ttl_ms FROM " + q + "try_lock($1::text, $2::bigint)";
 		sql[kRenew] = "SELECT " + q + "renew($1::text, $2::uuid, $3::bigint)";
 		sql[kRelease] = "SELECT " + q + "release($1::text, $2::uuid)";
+		sql[kGrace] = "SELECT active, reason, remaining_ms FROM " + q + "lockext_grace()";
 		for (unsigned i = 0; i < kStatementCount; ++i)
 			names[i] = statement_name(kOpNames[i], sql[i]);
+
+		mode = options.prepared_statements ? NamedMode::Auto : NamedMode::Off;
+		if (const char *env = std::getenv("LOCKEXT_PREPARED_STATEMENTS"))
+		{
+			const std::string_view v(env);
+			if (v == "on")
+				mode = NamedMode::On;
+			else if (v == "off")
+				mode = NamedMode::Off;
+			else if (v == "auto")
+				mode = NamedMode::Auto;
+		}
+
+		char *err = nullptr;
+		PQconninfoOption *parsed = PQconninfoParse(conninfo.c_str(), &err);
+		if (parsed == nullptr)
+			bad_conninfo = make_failure(
+				FailureKind::Config, "invalid connection string: " +
+										 detail::one_line(err != nullptr ? err : "out of memory"));
+		PQconninfoFree(parsed);
+		PQfreemem(err);
+	}
+
+	void log(const std::string &line) const
+	{
+		if (options.on_log)
+			options.on_log(line);
+		else
+			std::fprintf(stderr, "lockext: %s\n", line.c_str());
+	}
+
+	bool use_named() const noexcept
+	{
+		return mode == NamedMode::On || (mode == NamedMode::Auto && !unnamed.load());
+	}
+
+	void switch_to_unnamed(const Failure &why)
+	{
+		if (!unnamed.exchange(true))
+			log("prepared statements unusable behind this pooler; switching to unnamed "
+				"statements (" +
+				why.message + ")");
 	}
 
 	/* Sends statement s (preparing it on this connection first if needed) and waits. */
-	Result<PgResult> send_and_wait(PGconn *conn, unsigned &prepared, Statement s,
-								   const char *const *params, Clock::time_point deadline,
-								   Failure &fail)
+	Reply send_and_wait(PGconn *conn, unsigned &prepared, Statement s, const char *const *params,
+						Clock::time_point deadline, bool named)
 	{
-		if (options.prepared_statements && (prepared & (1u << s)) == 0)
+		if (named && (prepared & (1u << s)) == 0)
 		{
 			if (PQsendPrepare(conn, names[s].c_str(), sql[s].c_str(), kParamCount[s], nullptr) == 0)
-			{
-				fail = failure_from(conn, nullptr, false);
-				fail.connection = true;
-				return std::unexpected(std::string());
-			}
-			auto res = await_result(conn, deadline, fail);
+				return std::unexpected(connection_failure(conn, false));
+			if (auto f = flush_all(conn, deadline); !f)
+				return std::unexpected(std::move(f.error()));
+			auto res = await_result(conn, deadline);
 			if (!res)
 				return res;
 			if (PQresultStatus(res->get()) != PGRES_COMMAND_OK)
-			{
-				fail = failure_from(conn, res->get(), true);
-				return std::unexpected(std::string());
-			}
+				return std::unexpected(failure_from(conn, res->get(), true));
 			prepared |= 1u << s;
 		}
-		int sent = options.prepared_statements
-					   ? PQsendQueryPrepared(conn, names[s].c_str(), kParamCount[s], params,
-											 nullptr, nullptr, 0)
-					   : PQsendQueryParams(conn, sql[s].c_str(), kParamCount[s], nullptr, params,
-										   nullptr, nullptr, 0);
+		int sent = named ? PQsendQueryPrepared(conn, names[s].c_str(), kParamCount[s], params,
+											   nullptr, nullptr, 0)
+						 : PQsendQueryParams(conn, sql[s].c_str(), kParamCount[s], nullptr, params,
+											 nullptr, nullptr, 0);
 		if (sent == 0)
-		{
-			fail = failure_from(conn, nullptr, false);
-			fail.connection = true;
-			return std::unexpected(std::string());
-		}
-		auto res = await_result(conn, deadline, fail);
+			return std::unexpected(connection_failure(conn, false));
+		if (auto f = flush_all(conn, deadline); !f)
+			return std::unexpected(std::move(f.error()));
+		auto res = await_result(conn, deadline);
 		if (res && PQresultStatus(res->get()) != PGRES_TUPLES_OK)
-		{
-			fail = failure_from(conn, res->get(), true);
-			return std::unexpected(std::string());
-		}
+			return std::unexpected(failure_from(conn, res->get(), true));
 		return res;
 	}
 
-	/* The error string for a failed statement; discards broken connections. */
-	std::string report(Statement s, detail::PgPool::Borrowed &conn, const Failure &fail)
+	/* The public failure for a failed statement; discards broken connections. */
+	Failure report(Statement s, detail::PgPool::Borrowed &conn, Failure fail, bool named)
 	{
-		std::string msg = fail.message;
-		bool discard = fail.connection;
-		if (options.prepared_statements && (fail.sqlstate == "26000" || fail.sqlstate == "42P05"))
+		const bool broken = breaks_connection(fail);
+		bool discard = broken;
+		if (named && detail::is_pooler_statement_sqlstate(fail.sqlstate))
 		{
 			/* The server connection is not the one this client prepared on: a
 			 * transaction-pooling proxy sits in between. */
-			msg += "; hint: named prepared statements do not work through a transaction-pooling "
-				   "proxy such as PgBouncer < 1.21: set PgOptions::prepared_statements = false";
+			fail.message += "; hint: named prepared statements do not work through a "
+							"transaction-pooling proxy such as PgBouncer < 1.21: set "
+							"PgOptions::prepared_statements = false (or unset "
+							"LOCKEXT_PREPARED_STATEMENTS=on)";
+			fail.kind = FailureKind::Config;
 			discard = true;
 		}
-		if (fail.connection && fail.sent)
+		if (detail::is_read_only_sqlstate(fail.sqlstate))
 		{
-			msg = "outcome unknown, the connection failed after the request was sent";
+			/* A standby or read-only primary: drop this connection and the idle ones so
+			 * that the next call connects anew (DNS- or proxy-based failover). */
+			discard = true;
+			conn.discard();
+			pool.drop_idle();
+		}
+		if (broken && fail.outcome_unknown)
+		{
+			std::string msg = "outcome unknown, the connection failed after the request was sent";
 			if (s == kTryLock)
 				msg += " (a lease may have been granted; it expires after its TTL)";
-			msg += ": " + fail.message;
+			fail.message = msg + ": " + fail.message;
 		}
-		else if (fail.connection)
-			msg = "connection failed: " + msg;
+		else if (broken)
+			fail.message = "connection failed: " + fail.message;
 		if (discard)
 		{
 			conn.discard();
-			if (fail.connection)
+			if (broken)
 				pool.drop_idle();
 		}
-		return failure(kOpNames[s], msg);
+		fail.message = failure(kOpNames[s], fail.message);
+		return fail;
 	}
 
 	/* Runs statement s with params on a pooled connection. */
-	Result<PgResult> execute(Statement s, const char *const *params)
+	Reply execute(Statement s, const char *const *params)
 	{
+		if (bad_conninfo)
+		{
+			Failure f = *bad_conninfo;
+			f.message = failure(kOpNames[s], f.message);
+			return std::unexpected(std::move(f));
+		}
 		auto conn = pool.acquire();
 		if (!conn)
-			return std::unexpected(failure(kOpNames[s], conn.error()));
+		{
+			Failure f = std::move(conn.error());
+			f.message = failure(kOpNames[s], f.message);
+			return std::unexpected(std::move(f));
+		}
 		const auto deadline = options.statement_timeout.count() > 0
 								  ? Clock::now() + options.statement_timeout
 								  : Clock::time_point::max();
-		Failure fail;
-		auto res = send_and_wait((*conn)->conn.get(), (*conn)->prepared, s, params, deadline, fail);
+		PGconn *pg = (*conn)->conn.get();
+		bool named = use_named();
+		auto res = send_and_wait(pg, (*conn)->prepared, s, params, deadline, named);
+		if (!res && named && mode == NamedMode::Auto &&
+			detail::is_pooler_statement_sqlstate(res.error().sqlstate))
+		{
+			/* Parse (42P05) or Bind (26000) failed: nothing was executed, so the call
+			 * is retried once, with an unnamed statement, on the same connection. */
+			switch_to_unnamed(res.error());
+			named = false;
+			res = send_and_wait(pg, (*conn)->prepared, s, params, deadline, named);
+		}
 		if (!res)
-			return std::unexpected(report(s, *conn, fail));
+			return std::unexpected(report(s, *conn, std::move(res.error()), named));
 		return res;
 	}
 };
@@ -305,17 +419,19 @@ namespace
 {
 
 /* The reply had a shape the SQL API of spec §2 does not produce. */
-std::string
+Failure
 bad_reply(const char *op, const PGresult *res)
 {
-	return failure(op, "unexpected reply from the server (" + std::to_string(PQntuples(res)) +
-						   " rows, " + std::to_string(PQnfields(res)) +
-						   " columns): is the lockext extension installed at the expected "
-						   "version?");
+	return make_failure(FailureKind::Protocol,
+						failure(op, "unexpected reply from the server (" +
+										std::to_string(PQntuples(res)) + " rows, " +
+										std::to_string(PQnfields(res)) +
+										" columns): is the lockext extension installed at the "
+										"expected version?"));
 }
 
 /* A single boolean cell: true, false, or an error for any other shape. */
-Result<bool>
+Outcome<bool>
 single_bool(const char *op, const PGresult *res)
 {
 	if (PQntuples(res) != 1 || PQnfields(res) != 1 || PQgetisnull(res, 0, 0))
@@ -341,19 +457,19 @@ PgLockingPlugin::PgLockingPlugin(std::string conninfo, PgOptions options)
 
 PgLockingPlugin::~PgLockingPlugin() = default;
 
-Result<std::optional<LockHandle>>
-PgLockingPlugin::try_lock(std::string_view key, std::uint64_t ttl_ms)
+Outcome<std::optional<LockHandle>>
+PgLockingPlugin::try_lock_outcome(std::string_view key, std::uint64_t ttl_ms)
 {
 	if (auto ok = detail::check_key("try_lock", key, 0); !ok)
-		return std::unexpected(ok.error());
+		return std::unexpected(std::move(ok.error()));
 	if (auto ok = detail::check_ttl("try_lock", ttl_ms, std::nullopt); !ok)
-		return std::unexpected(ok.error());
+		return std::unexpected(std::move(ok.error()));
 	const std::string key_text(key);
 	const std::string ttl_text = std::to_string(ttl_ms);
 	const char *params[] = {key_text.c_str(), ttl_text.c_str()};
 	auto res = m_impl->execute(kTryLock, params);
 	if (!res)
-		return std::unexpected(res.error());
+		return std::unexpected(std::move(res.error()));
 	const PGresult *r = res->get();
 	if (PQntuples(r) != 1 || PQnfields(r) != 3)
 		return std::unexpected(bad_reply("try_lock", r));
@@ -367,10 +483,10 @@ PgLockingPlugin::try_lock(std::string_view key, std::uint64_t ttl_ms)
 	return handle;
 }
 
-Result<void>
-PgLockingPlugin::renew(const LockHandle &handle)
+Outcome<void>
+PgLockingPlugin::renew_outcome(const LockHandle &handle)
 {
-	if (auto ok = detail::check_handle("renew", handle, 0); !ok)
+	if (auto ok = detail::check_handle("renew", handle, 0, false); !ok)
 		return ok;
 	if (auto ok = detail::check_ttl("renew", handle.ttl_ms, std::nullopt); !ok)
 		return ok;
@@ -378,28 +494,64 @@ PgLockingPlugin::renew(const LockHandle &handle)
 	const char *params[] = {handle.key.c_str(), handle.lock_id.c_str(), ttl_text.c_str()};
 	auto res = m_impl->execute(kRenew, params);
 	if (!res)
-		return std::unexpected(res.error());
+		return std::unexpected(std::move(res.error()));
 	auto renewed = single_bool("renew", res->get());
 	if (!renewed)
-		return std::unexpected(renewed.error());
+		return std::unexpected(std::move(renewed.error()));
 	if (!*renewed)
 		return std::unexpected(detail::lock_lost(handle.key));
 	return {};
 }
 
-Result<void>
-PgLockingPlugin::release(LockHandle handle)
+Outcome<void>
+PgLockingPlugin::release_outcome(LockHandle handle)
 {
-	if (auto ok = detail::check_handle("release", handle, 0); !ok)
+	if (auto ok = detail::check_handle("release", handle, 0, false); !ok)
 		return ok;
 	const char *params[] = {handle.key.c_str(), handle.lock_id.c_str()};
 	auto res = m_impl->execute(kRelease, params);
 	if (!res)
-		return std::unexpected(res.error());
+		return std::unexpected(std::move(res.error()));
 	auto released = single_bool("release", res->get());
 	if (!released)
-		return std::unexpected(released.error());
+		return std::unexpected(std::move(released.error()));
 	return {}; // false = not held under this lock_id: a silent no-op
+}
+
+Result<std::optional<LockHandle>>
+PgLockingPlugin::try_lock(std::string_view key, std::uint64_t ttl_ms)
+{
+	return to_result(try_lock_outcome(key, ttl_ms));
+}
+
+Result<void>
+PgLockingPlugin::renew(const LockHandle &handle)
+{
+	return to_result(renew_outcome(handle));
+}
+
+Result<void>
+PgLockingPlugin::release(LockHandle handle)
+{
+	return to_result(release_outcome(std::move(handle)));
+}
+
+Outcome<PgLockingPlugin::GraceStatus>
+PgLockingPlugin::grace_status()
+{
+	auto res = m_impl->execute(kGrace, nullptr);
+	if (!res)
+		return std::unexpected(std::move(res.error()));
+	const PGresult *r = res->get();
+	if (PQntuples(r) != 1 || PQnfields(r) != 3 || PQgetisnull(r, 0, 0))
+		return std::unexpected(bad_reply("grace_status", r));
+	GraceStatus out;
+	out.active = PQgetvalue(r, 0, 0)[0] == 't';
+	if (!PQgetisnull(r, 0, 1))
+		out.reason = PQgetvalue(r, 0, 1);
+	if (!PQgetisnull(r, 0, 2) && !parse_number(PQgetvalue(r, 0, 2), out.remaining_ms))
+		return std::unexpected(bad_reply("grace_status", r));
+	return out;
 }
 
 Result<void>

@@ -6,8 +6,18 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
+#include <cstdlib>
+#include <optional>
+#include <string_view>
 #include <utility>
+#include <vector>
+
+#include <lockext/boot_clock.hpp>
+
+#include "errors_internal.hpp"
 
 namespace lockext::detail
 {
@@ -22,6 +32,31 @@ one_line(const char *text)
 		if (c == '\n')
 			c = ' ';
 	return out;
+}
+
+Outcome<void>
+wait_socket(int fd, bool read, bool write, BootClock::time_point deadline)
+{
+	for (;;)
+	{
+		int wait_ms = -1;
+		if (deadline != BootClock::time_point::max())
+		{
+			auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - BootClock::now());
+			if (left.count() <= 0)
+				return std::unexpected(make_failure(FailureKind::Timeout, "deadline passed"));
+			/* poll(2) counts CLOCK_MONOTONIC, which stops during a suspend: wait in
+			 * slices of at most 1 s so the BootClock deadline is checked again. */
+			wait_ms = static_cast<int>(std::min<std::int64_t>(left.count(), 1000));
+		}
+		pollfd pfd{fd, static_cast<short>((read ? POLLIN : 0) | (write ? POLLOUT : 0)), 0};
+		int ready = poll(&pfd, 1, wait_ms);
+		if (ready > 0)
+			return {};
+		if (ready < 0 && errno != EINTR)
+			return std::unexpected(make_failure(
+				FailureKind::ConnectionLost, std::string("poll failed: ") + std::strerror(errno)));
+	}
 }
 
 namespace
@@ -68,30 +103,241 @@ PgPool::~PgPool()
 	close();
 }
 
-Result<std::unique_ptr<PgConnection>>
-PgPool::connect() const
+namespace
 {
-	const std::string timeout = std::to_string(m_config.connect_timeout.count());
-	/* Later entries override earlier ones, and the expanded conninfo comes last, so
-	 * settings in the user's conninfo win over these defaults. */
-	const char *keywords[] = {"connect_timeout", "fallback_application_name", "dbname", nullptr};
-	const char *values[] = {m_config.connect_timeout.count() > 0 ? timeout.c_str() : nullptr,
-							"lockext-client", m_config.conninfo.c_str(), nullptr};
-	auto conn = std::make_unique<PgConnection>();
-	conn->conn.reset(PQconnectdbParams(keywords, values, 1));
-	if (!conn->conn)
-		return std::unexpected("could not connect to server: out of memory");
-	if (PQstatus(conn->conn.get()) != CONNECTION_OK)
-		return std::unexpected("could not connect to server: " +
-							   one_line(PQerrorMessage(conn->conn.get())));
+
+/* libpq's connection error text without the LOCATION lines of verbose mode, on one
+ * line. */
+std::string
+connect_error_text(PGconn *conn)
+{
+	std::string text = PQerrorMessage(conn);
+	std::string out;
+	std::size_t pos = 0;
+	while (pos < text.size())
+	{
+		std::size_t nl = text.find('\n', pos);
+		std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+		pos = nl == std::string::npos ? text.size() : nl + 1;
+		if (line.starts_with("LOCATION:"))
+			continue;
+		out += line;
+		out += '\n';
+	}
+	return one_line(out.c_str());
+}
+
+/* The connect_timeout libpq would use from the conninfo, PGCONNECT_TIMEOUT or a
+ * service file, in seconds (libpq's rules: <= 0 = none, 1 = 2), or nullopt if unset. */
+std::optional<std::chrono::seconds>
+configured_connect_timeout(PGconn *conn)
+{
+	PQconninfoOption *opts = PQconninfo(conn);
+	if (opts == nullptr)
+		return std::nullopt;
+	std::optional<std::chrono::seconds> out;
+	for (PQconninfoOption *o = opts; o->keyword != nullptr; ++o)
+		if (std::string_view(o->keyword) == "connect_timeout" && o->val != nullptr &&
+			*o->val != '\0')
+		{
+			long v = std::strtol(o->val, nullptr, 10);
+			out = std::chrono::seconds(v <= 0 ? 0 : std::max(v, 2L));
+		}
+	PQconninfoFree(opts);
+	return out;
+}
+
+} // namespace
+
+namespace
+{
+
+std::vector<std::string>
+split_commas(const char *text)
+{
+	std::vector<std::string> out;
+	if (text == nullptr || *text == '\0')
+		return out;
+	std::string_view rest(text);
+	for (;;)
+	{
+		const auto comma = rest.find(',');
+		out.emplace_back(rest.substr(0, comma));
+		if (comma == std::string_view::npos)
+			return out;
+		rest.remove_prefix(comma + 1);
+	}
+}
+
+std::string
+join_from(const std::vector<std::string> &parts, std::size_t from)
+{
+	std::string out;
+	for (std::size_t i = from; i < parts.size(); ++i)
+		out += (i > from ? "," : "") + parts[i];
+	return out;
+}
+
+/* Connection options as keyword/value pairs (owned strings). */
+using Options = std::vector<std::pair<std::string, std::string>>;
+
+/*
+ * After a connect attempt timed out on one host of a multi-host conninfo: the options
+ * of the attempt with the hosts after that one (as libpq's blocking connect moves on to
+ * the next host when connect_timeout passes), or nullopt when it was the last.
+ */
+std::optional<Options>
+later_hosts(PGconn *conn)
+{
+	PQconninfoOption *opts = PQconninfo(conn);
+	if (opts == nullptr)
+		return std::nullopt;
+	Options kept;
+	std::vector<std::string> hosts, addrs, ports;
+	for (PQconninfoOption *o = opts; o->keyword != nullptr; ++o)
+	{
+		const std::string_view k(o->keyword);
+		if (k == "host")
+			hosts = split_commas(o->val);
+		else if (k == "hostaddr")
+			addrs = split_commas(o->val);
+		else if (k == "port")
+			ports = split_commas(o->val);
+		else if (o->val != nullptr)
+			kept.emplace_back(o->keyword, o->val);
+	}
+	PQconninfoFree(opts);
+	const std::size_t n = std::max(hosts.size(), addrs.size());
+	if (n <= 1)
+		return std::nullopt;
+	const std::string current = PQhost(conn) != nullptr ? PQhost(conn) : "";
+	const std::string current_port = PQport(conn) != nullptr ? PQport(conn) : "";
+	std::optional<std::size_t> at;
+	for (std::size_t i = 0; i < n && !at; ++i)
+	{
+		const bool host_matches =
+			(i < hosts.size() && hosts[i] == current) || (i < addrs.size() && addrs[i] == current);
+		const std::string port = ports.size() > 1 && i < ports.size() ? ports[i]
+								 : ports.empty()                      ? std::string()
+																	  : ports[0];
+		if (host_matches && (port.empty() || current_port.empty() || port == current_port))
+			at = i;
+	}
+	if (!at || *at + 1 >= n)
+		return std::nullopt;
+	if (!hosts.empty())
+		kept.emplace_back("host", join_from(hosts, *at + 1));
+	if (!addrs.empty())
+		kept.emplace_back("hostaddr", join_from(addrs, *at + 1));
+	if (ports.size() > 1)
+		kept.emplace_back("port", join_from(ports, *at + 1));
+	else if (ports.size() == 1)
+		kept.emplace_back("port", ports[0]);
+	return kept;
+}
+
+enum class Polled
+{
+	Connected,
+	Failed,
+	TimedOut,
+};
+
+/* Drives PQconnectPoll until the attempt ends or deadline passes. */
+Polled
+poll_connect(PGconn *pg, BootClock::time_point deadline)
+{
+	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+	while (PQstatus(pg) != CONNECTION_BAD && st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED)
+	{
+		const int fd = PQsocket(pg);
+		if (fd < 0)
+			break;
+		if (auto waited =
+				wait_socket(fd, st == PGRES_POLLING_READING, st != PGRES_POLLING_READING, deadline);
+			!waited)
+			return waited.error().kind == FailureKind::Timeout ? Polled::TimedOut : Polled::Failed;
+		st = PQconnectPoll(pg);
+	}
+	return PQstatus(pg) == CONNECTION_OK ? Polled::Connected : Polled::Failed;
+}
+
+void
+quiet_and_verbose(PGconn *pg)
+{
+	PQsetErrorVerbosity(pg, PQERRORS_VERBOSE); // so that server refusals carry SQLSTATEs
 	/* libpq's default prints NOTICEs and WARNINGs (e.g. "terminating connection because
 	 * of crash of another server process") on the application's stderr; a library must
 	 * not, and every failure that matters reaches the caller as an error string. */
-	PQsetNoticeProcessor(conn->conn.get(), [](void *, const char *) {}, nullptr);
+	PQsetNoticeProcessor(
+		pg, [](void *, const char *) {}, nullptr);
+}
+
+} // namespace
+
+Outcome<std::unique_ptr<PgConnection>>
+PgPool::connect() const
+{
+	auto fail = [](FailureKind kind, std::string text, std::string state = {})
+	{ return std::unexpected(make_failure(kind, "could not connect to server: " + text, state)); };
+	/* The expanded conninfo comes last, so settings in the user's conninfo win. */
+	const char *keywords[] = {"fallback_application_name", "dbname", nullptr};
+	const char *values[] = {"lockext-client", m_config.conninfo.c_str(), nullptr};
+	auto conn = std::make_unique<PgConnection>();
+	conn->conn.reset(PQconnectStartParams(keywords, values, 1));
+	PGconn *pg = conn->conn.get();
+	if (pg == nullptr)
+		return fail(FailureKind::Unreachable, "out of memory");
+	quiet_and_verbose(pg);
+	/* The conninfo, PGCONNECT_TIMEOUT or a service file may set it (PQconninfo shows the
+	 * value libpq settled on); otherwise PgOptions::connect_timeout. Per host, as in
+	 * libpq's own blocking connect. */
+	const auto timeout = configured_connect_timeout(pg).value_or(m_config.connect_timeout);
+	std::string timed_out; // hosts given up on, for the final message
+	for (;;)
+	{
+		const auto deadline =
+			timeout.count() > 0 ? BootClock::now() + timeout : BootClock::time_point::max();
+		const Polled polled = poll_connect(pg, deadline);
+		if (polled == Polled::Connected)
+			break;
+		if (polled == Polled::Failed)
+		{
+			const std::string text = connect_error_text(pg);
+			const std::string state = sqlstate_of_verbose_message(text);
+			return fail(classify_connect_sqlstate(state), timed_out + text, state);
+		}
+		const char *host = PQhost(pg);
+		timed_out += "timeout expired after " + std::to_string(timeout.count()) +
+					 " s (connect_timeout)" +
+					 (host != nullptr && *host != '\0' ? std::string(" on host \"") + host + "\""
+													   : std::string());
+		auto next = later_hosts(pg);
+		if (!next)
+			return fail(FailureKind::Unreachable, timed_out);
+		timed_out += "; ";
+		std::vector<const char *> kw, val;
+		for (const auto &[k, v] : *next)
+		{
+			kw.push_back(k.c_str());
+			val.push_back(v.c_str());
+		}
+		kw.push_back(nullptr);
+		val.push_back(nullptr);
+		conn->conn.reset(PQconnectStartParams(kw.data(), val.data(), 0));
+		pg = conn->conn.get();
+		if (pg == nullptr)
+			return fail(FailureKind::Unreachable, "out of memory");
+		quiet_and_verbose(pg);
+	}
+	PQsetErrorVerbosity(pg, PQERRORS_DEFAULT);
+	if (PQsetnonblocking(pg, 1) != 0)
+		return fail(FailureKind::Unreachable,
+					"cannot switch to non-blocking mode: " + one_line(PQerrorMessage(pg)));
 	return conn;
 }
 
-Result<PgPool::Borrowed>
+Outcome<PgPool::Borrowed>
 PgPool::acquire()
 {
 	std::vector<std::unique_ptr<PgConnection>> dead;
@@ -100,7 +346,8 @@ PgPool::acquire()
 	for (;;)
 	{
 		if (m_closed)
-			return std::unexpected("the plugin was cleaned up (cleanup() was called)");
+			return std::unexpected(make_failure(
+				FailureKind::Config, "the plugin was cleaned up (cleanup() was called)"));
 		while (!m_idle.empty())
 		{
 			std::unique_ptr<PgConnection> conn = std::move(m_idle.back());
@@ -118,8 +365,10 @@ PgPool::acquire()
 			break;
 		if (m_cv.wait_until(lock, deadline) == std::cv_status::timeout && m_idle.empty() &&
 			m_open >= m_config.size && !m_closed)
-			return std::unexpected("no pool connection became free within acquire_timeout (" +
-								   std::to_string(m_config.acquire_timeout.count()) + " ms)");
+			return std::unexpected(
+				make_failure(FailureKind::Timeout,
+							 "no pool connection became free within acquire_timeout (" +
+								 std::to_string(m_config.acquire_timeout.count()) + " ms)"));
 	}
 	++m_open; // reserve the slot, then connect without holding the mutex
 	lock.unlock();
@@ -129,7 +378,7 @@ PgPool::acquire()
 	if (!conn)
 	{
 		give_back(nullptr, true);
-		return std::unexpected(conn.error());
+		return std::unexpected(std::move(conn.error()));
 	}
 	return Borrowed(this, std::move(*conn));
 }

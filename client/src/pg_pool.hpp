@@ -23,6 +23,8 @@
 #include <utility>
 #include <vector>
 
+#include <lockext/boot_clock.hpp>
+#include <lockext/errors.hpp>
 #include <lockext/locking_plugin.hpp>
 
 namespace lockext::detail
@@ -31,6 +33,12 @@ namespace lockext::detail
 /* libpq's text (error messages span several lines for multi-host conninfo) on one
  * line, without the trailing newline. */
 [[nodiscard]] std::string one_line(const char *text);
+
+/* Waits until fd is readable (read) and/or writable (write), or deadline passes
+ * (BootClock::time_point::max() = never): an error of kind Timeout then; EINTR is
+ * retried. */
+[[nodiscard]] Outcome<void> wait_socket(int fd, bool read, bool write,
+										BootClock::time_point deadline);
 
 struct PgConnCloser
 {
@@ -100,8 +108,12 @@ class PgPool final
 	PgPool &operator=(const PgPool &) = delete;
 
 	/* An idle connection, or a new one if fewer than size are open, waiting at most
-	 * acquire_timeout for one to come back. The error text has no "<op> failed: ". */
-	[[nodiscard]] Result<Borrowed> acquire();
+	 * acquire_timeout for one to come back. The failure's message has no
+	 * "<op> failed: " prefix. New connections are opened with PQconnectStartParams +
+	 * PQconnectPoll under the connect timeout (see PgOptions::connect_timeout), with
+	 * verbose errors so that a server's refusal carries its SQLSTATE, and are switched
+	 * to non-blocking mode. */
+	[[nodiscard]] Outcome<Borrowed> acquire();
 
 	/* Closes every idle connection: after one connection broke (server restart,
 	 * failover), the others to the same server are most likely broken too. */
@@ -111,7 +123,7 @@ class PgPool final
 	void close() noexcept;
 
   private:
-	[[nodiscard]] Result<std::unique_ptr<PgConnection>> connect() const;
+	[[nodiscard]] Outcome<std::unique_ptr<PgConnection>> connect() const;
 	void give_back(std::unique_ptr<PgConnection> conn, bool discard) noexcept;
 
 	const PgPoolConfig m_config;

@@ -14,9 +14,12 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <cctype>
 #include <thread>
 
+#include <lockext/errors.hpp>
 #include <lockext/lease_keeper.hpp>
+#include <lockext/scoped_lease.hpp>
 #include <lockext/memory_locking_plugin.hpp>
 
 #include "test_support.hpp"
@@ -294,11 +297,11 @@ TEST_P(Conformance, SixteenThreadsNeverOverlap)
 	std::atomic<int> grants{0}, contentions{0}, overlaps{0}, fence_regressions{0};
 	std::mutex errors_mutex;
 	std::vector<std::string> errors;
-	const auto stop_at = std::chrono::steady_clock::now() + 1500ms;
+	const auto stop_at = lockext::BootClock::now() + 1500ms;
 
 	auto worker = [&](int id)
 	{
-		for (int i = 0; std::chrono::steady_clock::now() < stop_at; ++i)
+		for (int i = 0; lockext::BootClock::now() < stop_at; ++i)
 		{
 			const std::size_t slot = static_cast<std::size_t>(id + i) % keys.size();
 			auto r = m_plugin->try_lock(keys[slot], 5000);
@@ -348,7 +351,7 @@ TEST_P(Conformance, SixteenThreadsNeverOverlap)
 TEST_P(Conformance, KeeperHoldsTheLeaseWellPastItsTtl)
 {
 	const std::string k = key();
-	const auto before = std::chrono::steady_clock::now();
+	const auto before = lockext::BootClock::now();
 	LockHandle h = grant(k, 450);
 	std::atomic<int> calls{0};
 	lockext::LeaseKeeper keeper(
@@ -356,7 +359,7 @@ TEST_P(Conformance, KeeperHoldsTheLeaseWellPastItsTtl)
 	std::this_thread::sleep_for(1200ms);
 	EXPECT_FALSE(keeper.lost()) << keeper.lost_reason().value_or("");
 	EXPECT_TRUE(contended(k)) << "the keeper must have renewed the lease";
-	EXPECT_GT(keeper.valid_until(), std::chrono::steady_clock::now());
+	EXPECT_GT(keeper.valid_until(), lockext::BootClock::now());
 	EXPECT_TRUE(keeper.release().has_value());
 	EXPECT_FALSE(contended(k)) << "release() must free the key";
 	EXPECT_EQ(calls.load(), 0);
@@ -392,6 +395,162 @@ TEST_P(Conformance, KeeperReportsATakenOverLeaseOnce)
 	EXPECT_EQ(keeper.lost_reason().value_or(""), reasons[0]);
 	EXPECT_TRUE(keeper.release().has_value()) << "releasing a lost lease is a no-op";
 	EXPECT_TRUE(contended(k)) << "the keeper touched the new holder";
+	EXPECT_TRUE(m_plugin->release(next).has_value());
+}
+
+/* Spec §9: a malformed lock_id is bad input in renew AND release, in every backend;
+ * only a well-formed lock_id that is not the holder's makes release a no-op. */
+TEST_P(Conformance, MalformedLockIdIsBadInputInRenewAndRelease)
+{
+	const std::string k = key();
+	LockHandle h = grant(k, 5000);
+	for (const char *bad : {"not-a-uuid", "00000000-0000-4000-8000-00000000000", "xyz"})
+	{
+		LockHandle broken = h;
+		broken.lock_id = bad;
+		auto renewed = m_plugin->renew_outcome(broken);
+		ASSERT_FALSE(renewed.has_value()) << bad;
+		EXPECT_EQ(renewed.error().kind, lockext::FailureKind::BadInput)
+			<< bad << ": " << renewed.error().message;
+		EXPECT_TRUE(renewed.error().message.starts_with("renew failed: "))
+			<< renewed.error().message;
+		auto released = m_plugin->release_outcome(broken);
+		ASSERT_FALSE(released.has_value()) << bad << ": a malformed lock_id is not a no-op";
+		EXPECT_EQ(released.error().kind, lockext::FailureKind::BadInput)
+			<< bad << ": " << released.error().message;
+		auto released_text = m_plugin->release(broken);
+		ASSERT_FALSE(released_text.has_value());
+		EXPECT_EQ(released_text.error(), released.error().message);
+	}
+	// Upper case is the same UUID (PostgreSQL's uuid input accepts it).
+	LockHandle upper = h;
+	for (char &c : upper.lock_id)
+		c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+	EXPECT_TRUE(m_plugin->renew(upper).has_value());
+	EXPECT_TRUE(contended(k));
+	EXPECT_TRUE(m_plugin->release(h).has_value());
+}
+
+/* The classified calls (errors.hpp) agree with the string calls by construction. */
+TEST_P(Conformance, ClassifiedFailuresAgreeWithTheErrorStrings)
+{
+	const std::string k = key();
+	LockHandle h = grant(k, 5000);
+	auto lost = m_plugin->renew_outcome(stranger_of(h));
+	ASSERT_FALSE(lost.has_value());
+	EXPECT_EQ(lost.error().kind, lockext::FailureKind::LockLost) << lost.error().message;
+	EXPECT_FALSE(lost.error().retryable());
+	EXPECT_FALSE(lost.error().outcome_unknown);
+	EXPECT_EQ(m_plugin->renew(stranger_of(h)).error(), lost.error().message);
+
+	auto held = m_plugin->try_lock_outcome(k, 1000);
+	ASSERT_TRUE(held.has_value()) << held.error().message;
+	EXPECT_FALSE(held->has_value()) << "contention is a value, never a failure";
+
+	auto zero = m_plugin->try_lock_outcome(key("zero"), 0);
+	ASSERT_FALSE(zero.has_value());
+	EXPECT_EQ(zero.error().kind, lockext::FailureKind::BadInput) << zero.error().message;
+	EXPECT_EQ(m_plugin->try_lock(key("zero"), 0).error(), zero.error().message);
+	auto empty = m_plugin->try_lock_outcome("", 1000);
+	ASSERT_FALSE(empty.has_value());
+	EXPECT_EQ(empty.error().kind, lockext::FailureKind::BadInput);
+	EXPECT_EQ(lockext::to_string(lockext::FailureKind::LockLost), "lock_lost");
+	EXPECT_TRUE(m_plugin->release_outcome(h).has_value());
+}
+
+/* Item 7: the first renew is due at acquired_at + interval, at once when that passed.
+ * Told that the lease was acquired 500 ms ago (of a 700 ms TTL, interval 230 ms), the
+ * keeper must renew at once; scheduling from construction (old behaviour) renews only
+ * after the known window has ended and reports the lease lost. */
+TEST_P(Conformance, KeeperRenewsAtOnceWhenAcquiredAtIsLate)
+{
+	const std::string k = key();
+	LockHandle h = grant(k, 700);
+	const auto acquired_at = lockext::BootClock::now() - 500ms;
+	lockext::test::LostLog log;
+	lockext::LeaseKeeper keeper(*m_plugin, h, log.callback(), {}, acquired_at);
+	std::this_thread::sleep_for(900ms);
+	EXPECT_FALSE(keeper.lost()) << keeper.lost_reason().value_or("");
+	EXPECT_EQ(log.count(), 0u);
+	EXPECT_TRUE(contended(k));
+	EXPECT_TRUE(keeper.release().has_value());
+}
+
+/* Item 10: ScopedLease owns the lease and its keeper, releases on destruction, moves. */
+TEST_P(Conformance, ScopedLeaseHoldsMovesAndReleasesOnDestruction)
+{
+	const std::string k = key();
+	{
+		auto got = lockext::ScopedLease::acquire(*m_plugin, k, 450);
+		ASSERT_TRUE(got.has_value()) << got.error().message;
+		ASSERT_TRUE(got->has_value()) << "contention on a fresh key";
+		lockext::ScopedLease lease = std::move(**got);
+		auto again = lockext::ScopedLease::acquire(*m_plugin, k, 450);
+		ASSERT_TRUE(again.has_value()) << again.error().message;
+		EXPECT_FALSE(again->has_value()) << "a held key must be contention";
+		std::this_thread::sleep_for(1000ms); // the keeper renews past the TTL
+		EXPECT_FALSE(lease.lost()) << lease.lost_reason().value_or("");
+		EXPECT_EQ(lease.handle().key, k);
+		EXPECT_GT(lease.handle().fence, 0);
+		lockext::ScopedLease moved(std::move(lease));
+		EXPECT_FALSE(moved.lost());
+		EXPECT_TRUE(contended(k));
+	}
+	EXPECT_FALSE(contended(k)) << "the destructor must release the lease";
+
+	auto bad = lockext::ScopedLease::acquire(
+		*m_plugin, k, 450, {.keeper = {.interval = 450ms}, .on_lost = {}, .hold_at_least = 0ms});
+	ASSERT_FALSE(bad.has_value());
+	EXPECT_EQ(bad.error().kind, lockext::FailureKind::BadInput) << bad.error().message;
+}
+
+/* Item 11: hold_at_least keeps the key until acquisition + hold_at_least when the work
+ * ends earlier (renewed once to the remaining time, not released), so a second
+ * "host" starting 1 s later sees contention and the job runs once. */
+TEST_P(Conformance, ScopedLeaseHoldAtLeastKeepsTheKeyUntilThen)
+{
+	const std::string k = key();
+	int runs = 0;
+	const auto host = [&]
+	{
+		auto got = lockext::ScopedLease::acquire(
+			*m_plugin, k, 600, {.keeper = {}, .on_lost = {}, .hold_at_least = 2000ms});
+		EXPECT_TRUE(got.has_value()) << got.error().message;
+		if (!got || !got->has_value())
+			return;
+		++runs; // the job: much shorter than the hosts' start-time difference
+		auto released = (*got)->release();
+		EXPECT_TRUE(released.has_value()) << released.error().message;
+		EXPECT_TRUE((*got)->lost()) << "released leases read as lost";
+	};
+	const auto start = lockext::BootClock::now();
+	host();
+	std::this_thread::sleep_for(1000ms);
+	host(); // a second host, 1 s late
+	EXPECT_EQ(runs, 1) << "the job ran twice";
+	EXPECT_TRUE(contended(k)) << "held until start + 2 s, beyond its 600 ms TTL";
+	std::this_thread::sleep_until(start + 2300ms);
+	EXPECT_FALSE(contended(k)) << "the hold must end at start + hold_at_least";
+}
+
+/* A ScopedLease whose lease is taken over reports it lost; its destructor then leaves
+ * the new holder alone. */
+TEST_P(Conformance, ScopedLeaseReportsATakenOverLease)
+{
+	const std::string k = key();
+	LockHandle next;
+	{
+		auto got = lockext::ScopedLease::acquire(*m_plugin, k, 450);
+		ASSERT_TRUE(got && got->has_value());
+		lockext::ScopedLease &lease = **got;
+		ASSERT_TRUE(m_plugin->release(lease.handle()).has_value()); // behind its back
+		next = grant(k, 5000);
+		const auto limit = lockext::BootClock::now() + 2s;
+		while (!lease.lost() && lockext::BootClock::now() < limit)
+			std::this_thread::sleep_for(20ms);
+		EXPECT_TRUE(lease.lost());
+	}
+	EXPECT_TRUE(contended(k)) << "the destructor touched the new holder";
 	EXPECT_TRUE(m_plugin->release(next).has_value());
 }
 

@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include <lockext/boot_clock.hpp>
+
 #include <lockext/lease_keeper.hpp>
 #include <lockext/locking_plugin.hpp>
 #include <lockext/pg_locking_plugin.hpp>
@@ -60,14 +62,14 @@ struct LostLog
 {
 	std::mutex mutex;
 	std::condition_variable cv;
-	std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> calls;
+	std::vector<std::pair<std::string, lockext::BootClock::time_point>> calls;
 
 	LeaseKeeper::LostCallback callback()
 	{
 		return [this](const std::string &why)
 		{
 			std::lock_guard g(mutex);
-			calls.emplace_back(why, std::chrono::steady_clock::now());
+			calls.emplace_back(why, lockext::BootClock::now());
 			cv.notify_all();
 		};
 	}
@@ -77,7 +79,7 @@ struct LostLog
 		return cv.wait_for(lock, bound, [&] { return !calls.empty(); });
 	}
 	/* The first call (reason, time), if any, read under the mutex. */
-	std::optional<std::pair<std::string, std::chrono::steady_clock::time_point>> first()
+	std::optional<std::pair<std::string, lockext::BootClock::time_point>> first()
 	{
 		std::lock_guard g(mutex);
 		if (calls.empty())
@@ -93,6 +95,41 @@ struct LostLog
 
 /* Runs a shell command, returns its exit status (0 = success). */
 int run_command(const std::string &command);
+
+/*
+ * A TCP relay on 127.0.0.1 (port()) in front of target_port, one thread for all its
+ * connection pairs. Connect with sslmode=disable: it parses the server-to-client stream
+ * as protocol-3 messages (type byte + length). After stall_after(type), the next server
+ * message of that type ('E' ErrorResponse, 'C' CommandComplete, 'T' RowDescription) is
+ * forwarded in full and then nothing more is forwarded to that client, ever (the server
+ * side stays open): a server that replies and then stalls. Later connections relay
+ * normally. stop() (and the destructor) closes everything.
+ */
+class StallingRelay
+{
+  public:
+	explicit StallingRelay(int target_port);
+	~StallingRelay();
+	StallingRelay(const StallingRelay &) = delete;
+	StallingRelay &operator=(const StallingRelay &) = delete;
+
+	int port() const noexcept
+	{
+		return m_port;
+	}
+	void stall_after(char message_type);
+	/* Connections currently stalled. */
+	int stalled() const;
+	void stop();
+
+  private:
+	struct Impl;
+	std::unique_ptr<Impl> m_impl;
+	int m_port = 0;
+};
+
+/* The port= of a keyword/value conninfo, or 0. */
+int port_of(const std::string &conninfo);
 
 } // namespace lockext::test
 

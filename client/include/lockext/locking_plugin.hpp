@@ -11,6 +11,11 @@
  *   - release: check-and-set on handle.lock_id; releasing a lock the caller does not
  *     own is a silent success; only a backend failure is an error.
  *   - cleanup: release backend resources before unload.
+ *   - try_lock_outcome / renew_outcome / release_outcome (lockext 1.1): the same calls
+ *     with the failure classified (lockext/errors.hpp). The string versions return
+ *     exactly Failure::message of these. The defaults call the string versions and
+ *     classify every error as FailureKind::Unknown; both lockext backends override them
+ *     (and a renew that finds the lease gone is FailureKind::LockLost).
  * All methods are safe to call from many threads at once on one instance.
  */
 #ifndef LOCKEXT_LOCKING_PLUGIN_HPP
@@ -27,9 +32,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 
-/* Marks the library's exported classes (it is built with -fvisibility=hidden). */
-#define LOCKEXT_CLIENT_API __attribute__((visibility("default")))
+#include <lockext/errors.hpp> // Failure, Outcome, LOCKEXT_CLIENT_API
 
 namespace lockext
 {
@@ -61,6 +67,46 @@ class LOCKEXT_CLIENT_API LockingPlugin
 	[[nodiscard]] virtual Result<void> cleanup()
 	{
 		return {};
+	}
+
+	[[nodiscard]] virtual Outcome<std::optional<LockHandle>> try_lock_outcome(std::string_view key,
+																			  std::uint64_t ttl_ms)
+	{
+		auto r = try_lock(key, ttl_ms);
+		if (!r)
+			return std::unexpected(unclassified(std::move(r.error())));
+		return std::move(*r);
+	}
+	[[nodiscard]] virtual Outcome<void> renew_outcome(const LockHandle &handle)
+	{
+		auto r = renew(handle);
+		if (!r)
+			return std::unexpected(unclassified(std::move(r.error())));
+		return {};
+	}
+	[[nodiscard]] virtual Outcome<void> release_outcome(LockHandle handle)
+	{
+		auto r = release(std::move(handle));
+		if (!r)
+			return std::unexpected(unclassified(std::move(r.error())));
+		return {};
+	}
+
+  protected:
+	/* A plugin's error string as a Failure of kind Unknown. */
+	[[nodiscard]] static Failure unclassified(std::string message)
+	{
+		return Failure{FailureKind::Unknown, "", false, std::move(message)};
+	}
+	/* The Result<T> of an Outcome<T>: the same value, or the failure's message. */
+	template <class T> [[nodiscard]] static Result<T> to_result(Outcome<T> outcome)
+	{
+		if (!outcome)
+			return std::unexpected(std::move(outcome.error().message));
+		if constexpr (std::is_void_v<T>)
+			return {};
+		else
+			return std::move(*outcome);
 	}
 };
 

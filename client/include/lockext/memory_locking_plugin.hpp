@@ -1,8 +1,9 @@
 /*
  * lockext/memory_locking_plugin.hpp
  *     The in-process "memory" backend: the LockingPlugin contract for tests and
- *     single-process programs. Leases live in this object only; expiry uses the
- *     monotonic clock (std::chrono::steady_clock), lock_ids are random UUIDv4 from
+ *     single-process programs. Leases live in this object only; expiry uses
+ *     BootClock (CLOCK_BOOTTIME: it keeps counting while the host is suspended), a
+ *     malformed lock_id is BadInput (as on the server), lock_ids are random UUIDv4 from
  *     getrandom(2), fences strictly increase for the life of the object.
  *
  * Thread safety: every method may be called from any number of threads at once.
@@ -44,6 +45,12 @@ class LOCKEXT_CLIENT_API MemoryLockingPlugin final : public LockingPlugin
 	[[nodiscard]] Result<void> renew(const LockHandle &handle) override;
 	[[nodiscard]] Result<void> release(LockHandle handle) override;
 	[[nodiscard]] Result<void> cleanup() override;
+
+	/* The same calls, with the failure classified (lockext/errors.hpp). */
+	[[nodiscard]] Outcome<std::optional<LockHandle>>
+	try_lock_outcome(std::string_view key, std::uint64_t ttl_ms) override;
+	[[nodiscard]] Outcome<void> renew_outcome(const LockHandle &handle) override;
+	[[nodiscard]] Outcome<void> release_outcome(LockHandle handle) override;
 
   private:
 	struct State;

@@ -8,15 +8,25 @@
  * connection that broke is dropped and a later call opens a new one.
  *
  * Construction never contacts the server and never throws for an unreachable server:
- * the calls return errors instead.
+ * the calls return errors instead (a conninfo that does not parse: every call fails with
+ * FailureKind::Config, "invalid connection string: ...").
+ *
+ * Every wait is bounded: connecting by the connect timeout (PQconnectStartParams +
+ * PQconnectPoll), a statement by statement_timeout (non-blocking libpq, poll(2)), the
+ * pool by acquire_timeout. Failures are classified once (lockext/errors.hpp): connect
+ * refusals carry the server's SQLSTATE (28P01, 3D000, 53300, ...), others are
+ * Unreachable; a 25006 reply drops the connection and the pool's idle ones.
  */
 #ifndef LOCKEXT_PG_LOCKING_PLUGIN_HPP
 #define LOCKEXT_PG_LOCKING_PLUGIN_HPP
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <lockext/locking_plugin.hpp>
 
@@ -27,8 +37,10 @@ struct PgOptions
 {
 	/* Most connections open at once. 0 is treated as 1. */
 	std::size_t pool_size = 4;
-	/* libpq connect_timeout (whole seconds, libpq's minimum is 2 s), used unless the
-	 * conninfo sets connect_timeout itself. 0 = wait indefinitely. */
+	/* Bound on opening one connection (whole seconds), used only when neither the
+	 * conninfo, PGCONNECT_TIMEOUT nor a service file sets connect_timeout (libpq's
+	 * rules: then that value, minimum 2 s, applies). 0 = wait indefinitely. It applies
+	 * per host of a multi-host conninfo: when it passes, the next host is tried. */
 	std::chrono::seconds connect_timeout{5};
 	/* Client-side deadline for one statement (send + reply). When it passes, the call
 	 * returns an error and the connection is discarded. Works through any pooler
@@ -36,12 +48,21 @@ struct PgOptions
 	std::chrono::milliseconds statement_timeout{5000};
 	/* How long a call waits for a free pool connection before it fails. */
 	std::chrono::milliseconds acquire_timeout{5000};
-	/* true: named prepared statements (one Parse per connection). false: unnamed
-	 * statements (PQexecParams), required behind PgBouncer < 1.21 in transaction or
-	 * statement pooling mode. */
+	/* true (default): named prepared statements (one Parse per connection) until the
+	 * first 42P05/26000 for one of this plugin's statements shows a transaction-pooling
+	 * proxy (PgBouncer < 1.21) in between; the plugin then switches to unnamed
+	 * statements for good, retries that call once (the Parse failed, nothing ran) and
+	 * logs one line through on_log. false: unnamed statements only.
+	 * The environment variable LOCKEXT_PREPARED_STATEMENTS, read at construction,
+	 * overrides this: "off" = unnamed only, "on" = named only (no fallback: the
+	 * pooler's error is returned), "auto" = the default behaviour. */
 	bool prepared_statements = true;
 	/* Schema holding the extension's functions; empty = unqualified (search_path). */
 	std::string schema;
+	/* Receives the plugin's rare log lines (one line, no newline), e.g. the switch to
+	 * unnamed statements. May be called from any thread that makes a call; must not
+	 * call the plugin. Empty (default): the line goes to stderr, prefixed "lockext: ". */
+	std::function<void(std::string_view line)> on_log;
 };
 
 class LOCKEXT_CLIENT_API PgLockingPlugin final : public LockingPlugin
@@ -62,6 +83,23 @@ class LOCKEXT_CLIENT_API PgLockingPlugin final : public LockingPlugin
 	[[nodiscard]] Result<void> release(LockHandle handle) override;
 	/* Closes idle connections; later calls fail with an error. */
 	[[nodiscard]] Result<void> cleanup() override;
+
+	/* The same calls, with the failure classified (lockext/errors.hpp). */
+	[[nodiscard]] Outcome<std::optional<LockHandle>>
+	try_lock_outcome(std::string_view key, std::uint64_t ttl_ms) override;
+	[[nodiscard]] Outcome<void> renew_outcome(const LockHandle &handle) override;
+	[[nodiscard]] Outcome<void> release_outcome(LockHandle handle) override;
+
+	/* The server's grace period (lockext_grace()): after a restart or failover the server
+	 * refuses grants for a while; use it after a refusal to tell "grace period after
+	 * <reason>, N ms left" from "held by someone else". */
+	struct GraceStatus
+	{
+		bool active = false;
+		std::string reason;
+		std::int64_t remaining_ms = 0;
+	};
+	[[nodiscard]] Outcome<GraceStatus> grace_status();
 
   private:
 	struct Impl;
