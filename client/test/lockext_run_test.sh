@@ -14,7 +14,15 @@ RUN=$1
 DSN=$2
 PSQL=${PSQL:-/usr/lib/postgresql/15/bin/psql}
 T=$(mktemp -d /tmp/lockext-run-test.XXXXXX)
-trap 'rm -rf "$T"' EXIT
+# Processes a case wants gone whatever happens (a failing case must not leave a
+# "sleep 300" behind): their pids are appended to $T/cleanup.
+cleanup() {
+    local p
+    for p in $(cat "$T/cleanup" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+HERE=$(cd "$(dirname "$0")" && pwd)
 PASSED=0
 FAILED=0
 
@@ -29,6 +37,26 @@ key() { echo "lockext-run-test-$1-$$-$RANDOM"; }
 leases() { sql "SELECT count(*) FROM lockext_leases WHERE key = '$1'"; }
 now_ms() { date +%s%3N; }
 field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$DSN"; }
+# wait_file FILE [TENTHS]: waits up to TENTHS/10 s (default 50) until FILE is non-empty.
+wait_file() {
+    local i
+    for ((i = 0; i < ${2:-50}; i++)); do
+        [ -s "$1" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+# gone PID [TENTHS]: true once PID is no longer a live process (zombies count as gone),
+# waiting up to TENTHS/10 s (default 20).
+gone() {
+    local i st
+    for ((i = 0; i <= ${2:-20}; i++)); do
+        st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null)
+        [ -z "$st" ] || [ "$st" = Z ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
 
 # ---- four racing runs: the command runs exactly once -----------------------------
 k=$(key race)
@@ -181,10 +209,6 @@ check "no -d: libpq's PG* environment is used" '[ "$s" = 0 ]'
 s=$?
 check "unreachable server: exit 75 ($s), command not run, says why" \
     '[ "$s" = 75 ] && [ ! -e "$T/down-ran" ] && grep -q "could not connect" "$T/down.err"'
-"$RUN" -d "$(sed 's/dbname=[^ ]*/dbname=template1/' <<<"$DSN")" -k "$(key nolockext)" -- true \
-    2>"$T/missing.err"
-s=$?
-check "lockext not installed in the database: exit 69 ($s)" '[ "$s" = 69 ]'
 "$RUN" -d "$DSN" -k "$(key badttl)" -t 5x -- true 2>"$T/ttl.err"
 s=$?
 check "bad --ttl: usage status 64 ($s) with a message" \
@@ -220,6 +244,271 @@ check "--help" '[ "$s" = 0 ]'
 "$RUN" --version | grep -q "lockext-run"
 s=$?
 check "--version" '[ "$s" = 0 ]'
+
+# ---- process tree: the whole tree is stopped, not only the command -----------------
+# tree_case NAME SCRIPT: SCRIPT (run by sh) starts a "sleep 300" somewhere below the
+# command and writes its pid to $T/tree.pid; the lease is then taken away.
+tree_case() {
+    local name=$1 script=$2 k p s sp
+    k=$(key tree)
+    rm -f "$T/tree.pid"
+    "$RUN" -d "$DSN" -k "$k" -t 1500ms -K 1s -- sh -c "$script" 2>"$T/tree.err" &
+    p=$!
+    if ! wait_file "$T/tree.pid"; then
+        not_ok "$name" "the command did not start"
+        kill "$p" 2>/dev/null
+        wait "$p"
+        return
+    fi
+    sp=$(cat "$T/tree.pid")
+    echo "$sp" >>"$T/cleanup"
+    sql "SELECT lockext_force_release('$k')" >/dev/null
+    wait "$p"
+    s=$?
+    check "$name: exit 70 ($s) and the sleep (pid $sp) is gone when lockext-run exits" \
+        '[ "$s" = 70 ] && gone "$sp" 0'
+}
+tree_case "lost lease, background child (sh -c 'sleep 300 & wait')" \
+    "sleep 300 & echo \$! >'$T/tree.pid'; wait"
+tree_case "lost lease, setsid grandchild (setsid sleep 300 &)" \
+    "setsid sleep 300 & echo \$! >'$T/tree.pid'; wait"
+tree_case "lost lease, daemonised grandchild (double fork + setsid, command keeps running)" \
+    "setsid sh -c 'sleep 300 & echo \$! >\"$T/tree.pid\"' & while :; do sleep 0.1; done"
+tree_case "lost lease, command ignores SIGTERM, child in another session" \
+    "trap '' TERM; setsid sh -c 'trap \"\" TERM; exec sleep 300' & echo \$! >'$T/tree.pid'; while :; do sleep 0.1; done"
+
+k=$(key straggler)
+rm -f "$T/tree.pid"
+"$RUN" -d "$DSN" -k "$k" -t 2s -- sh -c "setsid sleep 300 >/dev/null 2>&1 & echo \$! >'$T/tree.pid'" \
+    2>"$T/straggler.err"
+s=$?
+sp=$(cat "$T/tree.pid" 2>/dev/null)
+echo "$sp" >>"$T/cleanup"
+check "the command exits leaving a setsid'd sleep: exit 0 ($s), the sleep is stopped before the release" \
+    '[ "$s" = 0 ] && [ -n "$sp" ] && gone "$sp" 0 && grep -q "left 1 process" "$T/straggler.err"'
+check "released after the stragglers ended" '[ "$(leases "$k")" = 0 ]'
+
+"$RUN" -d "$DSN" -k "$k" -t 2s -- sh -c 'cut -d" " -f5 /proc/$$/stat >"$1"; echo $$ >>"$1"' sh "$T/pgrp"
+pg=$(sed -n 1p "$T/pgrp")
+cp=$(sed -n 2p "$T/pgrp")
+check "the command runs in its own process group (pgid $pg = its pid $cp, lockext-run's is $$'s)" \
+    '[ -n "$pg" ] && [ "$pg" = "$cp" ] && [ "$pg" != "$(cut -d" " -f5 /proc/$$/stat)" ]'
+
+# At a terminal (script(1) gives a pty): the command's group gets the foreground, and
+# lockext-run's gets it back at the end.
+if command -v script >/dev/null; then
+    k=$(key tty)
+    script -qec "'$RUN' -d '$DSN' -k '$k' -t 2s -- sh -c 'echo \$\$ \$(cut -d\" \" -f5,8 /proc/\$\$/stat)'; \
+        cut -d' ' -f5,8 /proc/\$\$/stat" /dev/null </dev/null | tr -d '\r' >"$T/tty"
+    read -r cpid cpg ctp <<<"$(sed -n 1p "$T/tty")"
+    read -r spg stp <<<"$(sed -n 2p "$T/tty")"
+    check "at a terminal: the command's own group ($cpid $cpg) is the foreground ($ctp), the shell's ($spg) again afterwards ($stp)" \
+        '[ -n "$cpid" ] && [ "$cpid" = "$cpg" ] && [ "$cpg" = "$ctp" ] && [ -n "$spg" ] && [ "$spg" = "$stp" ]'
+fi
+
+# lockext-run killed with SIGKILL: its supervising process (which holds the lease and
+# watches the tree) kills the whole tree at once and releases the lease.
+k=$(key sigkill)
+rm -f "$T/tree.pid" "$T/tree2.pid"
+"$RUN" -d "$DSN" -k "$k" -t 10s -- sh -c "setsid sleep 300 & echo \$! >'$T/tree2.pid'; echo \$\$ >'$T/tree.pid'; exec sleep 300" \
+    2>/dev/null &
+p=$!
+if wait_file "$T/tree.pid" && wait_file "$T/tree2.pid"; then
+    sp=$(cat "$T/tree.pid")
+    gp=$(cat "$T/tree2.pid")
+    echo "$sp $gp" >>"$T/cleanup"
+    kill -KILL "$p"
+    wait "$p" 2>/dev/null
+    check "SIGKILL of lockext-run: the command (pid $sp) and a setsid'd child (pid $gp) end at once" \
+        'gone "$sp" 10 && gone "$gp" 10'
+    for _ in $(seq 20); do [ "$(leases "$k")" = 0 ] && break; sleep 0.1; done
+    check "SIGKILL of lockext-run: the lease is released (not left to expire after 10 s)" \
+        '[ "$(leases "$k")" = 0 ]'
+else
+    not_ok "SIGKILL of lockext-run" "the command did not start"
+    kill "$p" 2>/dev/null
+fi
+# Its supervising process killed with SIGKILL: the kernel kills the command
+# (PR_SET_PDEATHSIG), lockext-run (a subreaper) kills what the command started, exit 70.
+k=$(key sigkill2)
+rm -f "$T/tree.pid" "$T/tree2.pid"
+"$RUN" -d "$DSN" -k "$k" -t 10s -- sh -c "setsid sleep 300 & echo \$! >'$T/tree2.pid'; echo \$\$ >'$T/tree.pid'; exec sleep 300" \
+    2>"$T/sup.err" &
+p=$!
+if wait_file "$T/tree.pid" && wait_file "$T/tree2.pid"; then
+    sp=$(cat "$T/tree.pid")
+    gp=$(cat "$T/tree2.pid")
+    echo "$sp $gp" >>"$T/cleanup"
+    sup=$(cat /proc/"$p"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -vx "$sp" | head -n 1)
+    if [ -n "$sup" ] && [ "$sup" != "$sp" ]; then
+        kill -KILL "$sup"
+        wait "$p"
+        s=$?
+        check "SIGKILL of the supervising process (pid $sup): command and setsid'd child gone, exit 70 ($s)" \
+            'gone "$sp" 10 && gone "$gp" 10 && [ "$s" = 70 ]'
+    else
+        not_ok "SIGKILL of the supervising process" "no supervising process below lockext-run ($p)"
+        kill "$p" 2>/dev/null
+        wait "$p"
+    fi
+else
+    not_ok "SIGKILL of the supervising process" "the command did not start"
+    kill "$p" 2>/dev/null
+fi
+
+# ---- a closed stderr (… 2>&1 | true) does not keep lockext-run from stopping the command
+k=$(key pipe)
+rm -f "$T/tree.pid" "$T/pipe.status"
+(
+    "$RUN" -d "$DSN" -k "$k" -t 1500ms -- sh -c "echo \$\$ >'$T/tree.pid'; exec sleep 300" 2>&1 | true
+    echo "${PIPESTATUS[0]}" >"$T/pipe.status"
+) &
+p=$!
+if wait_file "$T/tree.pid"; then
+    sp=$(cat "$T/tree.pid")
+    echo "$sp" >>"$T/cleanup"
+    sleep 0.3
+    sql "SELECT lockext_force_release('$k')" >/dev/null
+    wait "$p"
+    s=$(cat "$T/pipe.status")
+    check "lost lease with stderr a closed pipe: the command (pid $sp) is stopped, exit 70 ($s)" \
+        'gone "$sp" 0 && [ "$s" = 70 ]'
+else
+    not_ok "lost lease with stderr a closed pipe" "the command did not start"
+    kill "$p" 2>/dev/null
+fi
+"$RUN" -d "$DSN" -k "$k" -t 2s -- sh -c 'sed -n "s/^SigIgn:[[:space:]]*//p" /proc/$$/status' >"$T/sigign-pipe"
+m=$(cat "$T/sigign-pipe")
+check "the command gets SIGPIPE's default disposition back (SigIgn $m)" \
+    '[ -n "$m" ] && [ $(( 16#$m & (1 << 12) )) = 0 ]'
+
+# ---- signals ignored on entry stay ignored and are not forwarded ---------------------
+k=$(key nohup)
+rm -f "$T/nohup.ign"
+(
+    trap '' HUP
+    exec "$RUN" -d "$DSN" -k "$k" -t 2s -- \
+        sh -c 'sed -n "s/^SigIgn:[[:space:]]*//p" /proc/$$/status >"$1"; sleep 1; echo done >>"$1"' \
+        sh "$T/nohup.ign"
+) &
+p=$!
+wait_file "$T/nohup.ign"
+kill -HUP "$p"
+wait "$p"
+s=$?
+m=$(sed -n 1p "$T/nohup.ign")
+check "trap '' HUP: the command still ignores SIGHUP (SigIgn $m), a SIGHUP to lockext-run is not forwarded (exit $s)" \
+    '[ -n "$m" ] && [ $(( 16#$m & 1 )) = 1 ] && [ "$s" = 0 ] && grep -q done "$T/nohup.ign"'
+
+# ---- durations: a bare number is refused (flock's -w means seconds) ------------------
+"$RUN" -d "$DSN" -k "$(key x)" -w 10 -- true 2>"$T/bare.err"
+s=$?
+check "-w 10 (bare number): usage error 64 ($s) naming the units" \
+    '[ "$s" = 64 ] && grep -q "\"ms\", \"s\"" "$T/bare.err"'
+"$RUN" -d "$DSN" -k "$(key x)" -t 30 -- true 2>/dev/null
+s=$?
+check "-t 30 (bare number): usage error 64 ($s)" '[ "$s" = 64 ]'
+"$RUN" -d "$DSN" -k "$(key x)" -w 0 -t 2s -- true
+s=$?
+check "-w 0 is unambiguous and accepted ($s)" '[ "$s" = 0 ]'
+"$RUN" -d "$DSN" -k "$(key x)" -t 300ms -- true 2>"$T/short.err"
+s=$?
+check "--ttl 300ms is too short for the default margin: usage error 64 ($s)" \
+    '[ "$s" = 64 ] && grep -q "too short" "$T/short.err"'
+"$RUN" -d "$DSN" -k "$(key x)" -t 1s --margin 300ms -- true 2>/dev/null
+s=$?
+check "--margin above TTL/4: usage error 64 ($s)" '[ "$s" = 64 ]'
+
+# ---- exit statuses of failures that are not contention -----------------------------
+"$RUN" -d "host=127.0.0.1 port" -k "$(key x)" -- true 2>"$T/dsn.err"
+s=$?
+check "malformed DSN: usage error 64 ($s)" '[ "$s" = 64 ] && grep -q "invalid --dsn" "$T/dsn.err"'
+"$RUN" -d "$DSN nosuchoption=1" -k "$(key x)" -- true 2>/dev/null
+s=$?
+check "DSN with an unknown keyword: usage error 64 ($s)" '[ "$s" = 64 ]'
+"$RUN" -d "$(sed 's/user=[^ ]*/user=lockext_no_such_role/' <<<"$DSN")" -k "$(key x)" -- \
+    touch "$T/auth-ran" 2>"$T/auth.err"
+s=$?
+check "authentication failure (28000): exit 77 ($s), command not run" \
+    '[ "$s" = 77 ] && [ ! -e "$T/auth-ran" ]'
+"$RUN" -d "$(sed 's/dbname=[^ ]*/dbname=template1/' <<<"$DSN")" -k "$(key nolockext)" -- true \
+    2>"$T/missing.err"
+s=$?
+check "lockext not installed: exit 69 ($s) with a CREATE EXTENSION hint" \
+    '[ "$s" = 69 ] && grep -q "run CREATE EXTENSION lockext in that database" "$T/missing.err"'
+
+# ---- --hold-at-least: cron start skew between hosts does not run the job twice -------
+k=$(key hold)
+rm -f "$T/hold.runs"
+start=$(now_ms)
+"$RUN" -d "$DSN" -k "$k" -t 2s --hold-at-least 5s -q -- sh -c "echo run >>'$T/hold.runs'; sleep 0.2" &
+h1=$!
+sleep 1
+"$RUN" -d "$DSN" -k "$k" -t 2s --hold-at-least 5s -q -- sh -c "echo run >>'$T/hold.runs'; sleep 0.2"
+s2=$?
+wait "$h1"
+s1=$?
+elapsed=$(($(now_ms) - start))
+runs=$(wc -l <"$T/hold.runs")
+check "--hold-at-least 5s, two hosts 1 s apart, 0.2 s job: ran once ($runs), statuses $s1/$s2" \
+    '[ "$runs" = 1 ] && [ "$s1" = 0 ] && [ "$s2" = 1 ]'
+check "--hold-at-least 5s above the 2 s TTL: the first host stayed until the hold was covered (${elapsed} ms)" \
+    '[ "$elapsed" -ge 2800 ] && [ "$elapsed" -lt 5000 ]'
+"$RUN" -d "$DSN" -k "$k" -q -- true
+s=$?
+check "a third host right after: still held (exit $s)" '[ "$s" = 1 ]'
+sleep 2.3
+"$RUN" -d "$DSN" -k "$k" -- true
+s=$?
+check "after start + 5 s the key is free again (exit $s)" '[ "$s" = 0 ]'
+k=$(key hold2)
+start=$(now_ms)
+"$RUN" -d "$DSN" -k "$k" -t 10s --hold-at-least 2s -- true
+s=$?
+elapsed=$(($(now_ms) - start))
+"$RUN" -d "$DSN" -k "$k" -q -- true
+s2=$?
+check "--hold-at-least 2s under a 10 s TTL: exits at once (${elapsed} ms, $s), the key stays held ($s2)" \
+    '[ "$s" = 0 ] && [ "$elapsed" -lt 1500 ] && [ "$s2" = 1 ]'
+sleep 2.2
+"$RUN" -d "$DSN" -k "$k" -- true
+s=$?
+check "--hold-at-least 2s: free again after 2 s, not after the 10 s TTL (exit $s)" '[ "$s" = 0 ]'
+
+# ---- PgBouncer in transaction mode with default options ------------------------------
+if [ -n "${LOCKEXT_TEST_PGBOUNCER_DSN:-}" ]; then
+    k=$(key bouncer)
+    ss=""
+    for i in 1 2 3; do
+        "$RUN" -d "$LOCKEXT_TEST_PGBOUNCER_DSN" -k "$k-$i" -t 2s -- true 2>>"$T/bouncer.err"
+        ss="$ss$? "
+    done
+    check "behind PgBouncer (transaction mode), default options: consecutive runs all succeed ($ss)" \
+        '[ "$ss" = "0 0 0 " ]'
+    "$RUN" -d "$LOCKEXT_TEST_PGBOUNCER_DSN" -k "$k" -t 2s --prepared-statements off -- true
+    s=$?
+    check "behind PgBouncer, --prepared-statements off ($s)" '[ "$s" = 0 ]'
+    LOCKEXT_PREPARED_STATEMENTS=off "$RUN" -d "$LOCKEXT_TEST_PGBOUNCER_DSN" -k "$k" -t 2s -- true
+    s=$?
+    check "behind PgBouncer, LOCKEXT_PREPARED_STATEMENTS=off ($s)" '[ "$s" = 0 ]'
+else
+    not_ok "PgBouncer cases" "LOCKEXT_TEST_PGBOUNCER_DSN is not set"
+fi
+"$RUN" -d "$DSN" -k "$(key x)" --prepared-statements maybe -- true 2>/dev/null
+s=$?
+check "--prepared-statements maybe: usage error 64 ($s)" '[ "$s" = 64 ]'
+
+# ---- server stalls, grace periods: on a cluster of their own -------------------------
+if [ "$(id -u)" = 0 ] && [ "${LOCKEXT_RUN_SKIP_OWN_CLUSTER:-0}" != 1 ]; then
+    bash "$HERE/lockext_run_stall_test.sh" "$RUN" >"$T/stall.out" 2>&1
+    rc=$?
+    cat "$T/stall.out"
+    sp=$(sed -n 's/^lockext-run stall tests: \([0-9]*\) passed.*/\1/p' "$T/stall.out")
+    sf=$(sed -n 's/^lockext-run stall tests: [0-9]* passed, \([0-9]*\) failed/\1/p' "$T/stall.out")
+    PASSED=$((PASSED + ${sp:-0}))
+    FAILED=$((FAILED + ${sf:-0}))
+    if [ "$rc" != 0 ] && [ "${sf:-0}" = 0 ]; then not_ok "stall tests" "exit $rc"; fi
+fi
 
 printf 'lockext-run tests: %d passed, %d failed\n' "$PASSED" "$FAILED"
 [ "$FAILED" -eq 0 ]

@@ -5,33 +5,52 @@
  *     lockext-run [options] -k KEY [--] COMMAND [ARGS...]
  *
  * Takes the lease (waiting up to --wait with jittered exponential backoff), forks and
- * execs the command with LOCKEXT_KEY, LOCKEXT_LOCK_ID, LOCKEXT_FENCE and LOCKEXT_TTL_MS in
- * its environment, renews the lease with a LeaseKeeper while it runs, stops it (SIGTERM,
- * SIGKILL after --kill-after) if the lease is lost, forwards SIGINT/SIGTERM/SIGHUP/
- * SIGQUIT/SIGUSR1/SIGUSR2 to it, and releases the lease when it ends. Exit statuses:
- * see usage() and client/README.md.
+ * execs the command in its own process group with LOCKEXT_KEY, LOCKEXT_LOCK_ID,
+ * LOCKEXT_FENCE and LOCKEXT_TTL_MS in its environment, renews the lease with a
+ * LeaseKeeper while it runs, and stops the command's whole process tree before the
+ * lease can end on the server:
  *
- * Signals: the forwarded signals and SIGCHLD are blocked in every thread (they are
- * blocked before the keeper thread starts, which inherits the mask) and read from a
- * signalfd by the main thread; the child gets an empty mask and default dispositions
- * before exec. The keeper's on_lost callback wakes the main thread through a pipe.
- * Every descriptor this program opens is close-on-exec (libpq sets FD_CLOEXEC on its
- * sockets), so the command inherits only what lockext-run itself inherited.
+ *   D = valid_until() = send time of the last successful renew + TTL (BootClock)
+ *   M = --margin (default TTL/100 + 100 ms: clock-rate drift between the hosts, and the
+ *       time to deliver the signal and for the kernel to end the processes)
+ *   W = min(--kill-after, TTL/3 - M)
+ *   SIGTERM at D - M - W (or at once when the server says the lease is gone),
+ *   SIGKILL at min(SIGTERM + --kill-after, D - M).
+ *
+ * Processes: the front (the pid the caller sees; forwards signals, exits with the status)
+ * forks the supervisor (everything else), which forks the command. Both are child
+ * subreapers, so everything the command starts stays their descendant (setsid and double
+ * forks included); on loss and when the command ends, every live descendant is signalled
+ * and reaped before the lease is released. The command gets PR_SET_PDEATHSIG(SIGKILL). A
+ * SIGKILLed front: the supervisor kills the tree and releases; a SIGKILLed supervisor: the
+ * kernel kills the command and the front kills the rest (see front()).
+ *
+ * Signals: the forwarded signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, minus
+ * those ignored on entry) and SIGCHLD are blocked in every thread (before the keeper
+ * thread starts, which inherits the mask) and read from a signalfd by the main thread;
+ * SIGPIPE is ignored (the command gets its entry disposition back). Deadlines are on
+ * CLOCK_BOOTTIME: a timerfd on that clock wakes the main loop, so a host that was
+ * suspended past a deadline acts on it at once after resume. Exit statuses: usage() and
+ * client/README.md; they are decided on lockext::Failure's kind and SQLSTATE, never on
+ * message text.
  */
+#include "process_tree.hpp"
+#include "run_options.hpp"
+
+#include <lockext/boot_clock.hpp>
+#include <lockext/errors.hpp>
 #include <lockext/lease_keeper.hpp>
 #include <lockext/pg_locking_plugin.hpp>
 
 #include <fcntl.h>
-#include <getopt.h>
 #include <poll.h>
-#include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -40,79 +59,18 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
-
-#ifndef LOCKEXT_VERSION
-#define LOCKEXT_VERSION "unknown"
-#endif
 
 extern char **environ;
 
+namespace lockext_run
+{
 namespace
 {
 
-using Clock = std::chrono::steady_clock;
-using std::chrono::milliseconds;
-
-/* Exit statuses (sysexits.h values where one fits). */
-constexpr int kExitConflictDefault = 1;
-constexpr int kExitUsage = 64;       // EX_USAGE: bad option or value (also rejected by server)
-constexpr int kExitUnavailable = 69; // EX_UNAVAILABLE: server error (lockext missing, rights)
-constexpr int kExitSoftware = 70;    // EX_SOFTWARE: the lease was lost while the command ran
-constexpr int kExitOsErr = 71;       // EX_OSERR: fork, pipe, signalfd failed
-constexpr int kExitTempFail = 75;    // EX_TEMPFAIL: server unreachable, connection failed
-constexpr int kExitNotExecutable = 126;
-constexpr int kExitNotFound = 127;
-
-const char *g_prog = "lockext-run";
-
-struct Options
-{
-	std::string dsn;
-	std::string key;
-	milliseconds ttl{30000};
-	milliseconds wait{0};
-	milliseconds kill_after{10000};
-	int conflict_exit = kExitConflictDefault;
-	bool quiet = false;
-	bool verbose = false;
-	std::vector<char *> command;
-};
-
-void
-usage(FILE *out)
-{
-	std::fprintf(
-		out,
-		"Usage: %s [options] -k KEY [--] COMMAND [ARGS...]\n"
-		"Run COMMAND while holding the lockext lease KEY (renewed in the background).\n"
-		"\n"
-		"Options:\n"
-		"  -k, --key KEY              lock key (required)\n"
-		"  -d, --dsn CONNINFO         libpq connection string (default: empty, i.e. the\n"
-		"                             PGHOST, PGDATABASE, ... environment)\n"
-		"  -t, --ttl DURATION         lease TTL (default 30s), renewed every TTL/3\n"
-		"  -w, --wait DURATION        wait up to DURATION for the lock (default 0: do not wait)\n"
-		"  -n, --nonblock             do not wait (same as --wait 0)\n"
-		"  -E, --conflict-exit-code N exit status when the lock is held elsewhere (default 1)\n"
-		"  -q, --quiet                print nothing when the lock is held elsewhere\n"
-		"  -K, --kill-after DURATION  after a lost lease, SIGKILL the command this long after\n"
-		"                             SIGTERM (default 10s)\n"
-		"  -v, --verbose              report acquisition, loss and release on stderr\n"
-		"  -h, --help                 this text\n"
-		"  -V, --version              version\n"
-		"DURATION: an integer with a unit ms, s, m or h; a bare number is milliseconds.\n"
-		"\n"
-		"The command's environment gets LOCKEXT_KEY, LOCKEXT_LOCK_ID, LOCKEXT_FENCE and\n"
-		"LOCKEXT_TTL_MS.\n"
-		"\n"
-		"Exit status: the command's (128+N if it died of signal N); 1 (or -E N) lock held\n"
-		"elsewhere; 64 usage error (also a key or TTL the server rejects); 69 server error\n"
-		"(lockext not installed, permission, ...); 70 the lease was lost while the command\n"
-		"ran (it was sent SIGTERM); 71 system error; 75 server unreachable or connection\n"
-		"failed; 126 command not executable; 127 command not found.\n",
-		g_prog);
-}
+using Clock = lockext::LeaseKeeper::Clock;
+static_assert(std::is_same_v<Clock, lockext::BootClock>, "lockext-run's deadlines are BOOTTIME");
 
 void
 complain(const char *fmt, const std::string &what)
@@ -122,231 +80,100 @@ complain(const char *fmt, const std::string &what)
 	std::fputc('\n', stderr);
 }
 
-/* "500ms", "30s", "5m", "1h" or a bare number of milliseconds. */
-std::optional<milliseconds>
-parse_duration(std::string_view text)
+long long
+ms_of(Clock::duration d)
 {
-	long long value = 0;
-	const char *end = text.data() + text.size();
-	auto [p, ec] = std::from_chars(text.data(), end, value);
-	if (ec != std::errc() || p == text.data() || value < 0)
-		return std::nullopt;
-	const std::string_view unit(p, static_cast<std::size_t>(end - p));
-	long long scale = 0;
-	if (unit.empty() || unit == "ms")
-		scale = 1;
-	else if (unit == "s")
-		scale = 1000;
-	else if (unit == "m" || unit == "min")
-		scale = 60 * 1000;
-	else if (unit == "h")
-		scale = 3600 * 1000;
-	else
-		return std::nullopt;
-	constexpr long long kMax = 1LL << 40; // ~35 years
-	if (value > kMax / scale)
-		return std::nullopt;
-	return milliseconds(value * scale);
+	return std::chrono::duration_cast<milliseconds>(d).count();
 }
 
-/* Parses a duration option's value into out; complains and returns false if invalid. */
-bool
-set_duration(const char *what, const char *value, long long min_ms, milliseconds &out)
-{
-	auto d = parse_duration(value);
-	if (!d || d->count() < min_ms)
-	{
-		std::fprintf(stderr,
-					 "%s: invalid %s '%s' (expected an integer%s with a unit ms, s, m or h, "
-					 "e.g. 500ms, 30s, 5m; a bare number is milliseconds)\n",
-					 g_prog, what, value, min_ms > 0 ? " > 0" : "");
-		return false;
-	}
-	out = *d;
-	return true;
-}
-
-/* Parses argv into options; returns an exit status to stop with, or nullopt to go on. */
-std::optional<int>
-parse_args(int argc, char **argv, Options &o)
-{
-	static const option longs[] = {
-		{"key", required_argument, nullptr, 'k'},
-		{"dsn", required_argument, nullptr, 'd'},
-		{"ttl", required_argument, nullptr, 't'},
-		{"wait", required_argument, nullptr, 'w'},
-		{"timeout", required_argument, nullptr, 'w'},
-		{"nonblock", no_argument, nullptr, 'n'},
-		{"conflict-exit-code", required_argument, nullptr, 'E'},
-		{"quiet", no_argument, nullptr, 'q'},
-		{"kill-after", required_argument, nullptr, 'K'},
-		{"verbose", no_argument, nullptr, 'v'},
-		{"help", no_argument, nullptr, 'h'},
-		{"version", no_argument, nullptr, 'V'},
-		{nullptr, 0, nullptr, 0},
-	};
-	opterr = 0;
-	int c;
-	// '+': stop at the first non-option, so the command's own options stay its own.
-	while ((c = getopt_long(argc, argv, "+k:d:t:w:nE:qK:vhV", longs, nullptr)) != -1)
-	{
-		switch (c)
-		{
-			case 'k':
-				o.key = optarg;
-				break;
-			case 'd':
-				o.dsn = optarg;
-				break;
-			case 't':
-				if (!set_duration("--ttl", optarg, 1, o.ttl))
-					return kExitUsage;
-				break;
-			case 'w':
-				if (!set_duration("--wait", optarg, 0, o.wait))
-					return kExitUsage;
-				break;
-			case 'n':
-				o.wait = milliseconds(0);
-				break;
-			case 'K':
-				if (!set_duration("--kill-after", optarg, 0, o.kill_after))
-					return kExitUsage;
-				break;
-			case 'E':
-			{
-				int v = -1;
-				const std::string_view s(optarg);
-				auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-				if (ec != std::errc() || p != s.data() + s.size() || v < 0 || v > 255)
-				{
-					std::fprintf(stderr,
-								 "%s: invalid --conflict-exit-code '%s' (expected 0..255)\n",
-								 g_prog, optarg);
-					return kExitUsage;
-				}
-				o.conflict_exit = v;
-				break;
-			}
-			case 'q':
-				o.quiet = true;
-				break;
-			case 'v':
-				o.verbose = true;
-				break;
-			case 'h':
-				usage(stdout);
-				return 0;
-			case 'V':
-				std::printf("lockext-run (lockext client) %s\n", LOCKEXT_VERSION);
-				return 0;
-			default:
-				if (optopt != 0 && std::strchr("kdtwEK", optopt) != nullptr)
-					std::fprintf(stderr, "%s: option -%c needs a value\n", g_prog, optopt);
-				else if (optopt != 0)
-					std::fprintf(stderr, "%s: unknown option -%c\n", g_prog, optopt);
-				else
-					std::fprintf(stderr, "%s: unknown option or missing value: %s\n", g_prog,
-								 argv[optind - 1]);
-				std::fprintf(stderr, "Try '%s --help'.\n", g_prog);
-				return kExitUsage;
-		}
-	}
-	if (o.key.empty())
-	{
-		std::fprintf(stderr, "%s: a non-empty lock key is required (-k KEY)\nTry '%s --help'.\n",
-					 g_prog, g_prog);
-		return kExitUsage;
-	}
-	if (optind >= argc)
-	{
-		std::fprintf(stderr, "%s: no command given\nTry '%s --help'.\n", g_prog, g_prog);
-		return kExitUsage;
-	}
-	for (int i = optind; i < argc; ++i)
-		o.command.push_back(argv[i]);
-	o.command.push_back(nullptr);
-	return std::nullopt;
-}
-
-/* Exit status for a try_lock error ("try_lock failed: <reason>"). */
+/* Exit status for a failed try_lock, from the failure's SQLSTATE and kind. */
 int
-classify_error(const std::string &error)
+exit_status_for(const lockext::Failure &f)
 {
-	std::string_view reason(error);
-	if (auto colon = reason.find("failed: "); colon != std::string_view::npos)
-		reason.remove_prefix(colon + 8);
-	if (reason.starts_with("["))
+	using K = lockext::FailureKind;
+	const std::string_view s = f.sqlstate;
+	if (s.starts_with("28") || s == "42501")
+		return kExitNoPerm; // authentication / authorization
+	if (s.starts_with("22"))
+		return kExitUsage; // the server rejected the key or the TTL
+	if (s == "42883" || s == "3F000" || s == "55000" || s == "42P01")
+		return kExitUnavailable;
+	if (s.starts_with("08") || s.starts_with("57P") || s.starts_with("53") || s == "25006" ||
+		s == "57014")
+		return kExitTempFail;
+	switch (f.kind)
 	{
-		// Server errors: bad input → usage; connection class, shutdown, standby,
-		// capacity → temporary; anything else (extension missing, permission, not
-		// preloaded) → unavailable.
-		if (reason.starts_with("[22"))
+		case K::BadInput:
 			return kExitUsage;
-		if (reason.starts_with("[08") || reason.starts_with("[57P") ||
-			reason.starts_with("[25006]") || reason.starts_with("[53"))
+		case K::AuthFailed:
+			return kExitNoPerm;
+		case K::Config:
+		case K::Server:
+		case K::Protocol:
+		case K::LockLost:
+			return kExitUnavailable;
+		case K::Unreachable:
+		case K::Timeout:
+		case K::ConnectionLost:
+		case K::Capacity:
+		case K::Unknown:
 			return kExitTempFail;
-		return kExitUnavailable;
 	}
-	if (reason.starts_with("lock key") || reason.starts_with("ttl_ms"))
-		return kExitUsage;
-	if (reason.starts_with("unexpected reply"))
-		return kExitUnavailable;
-	return kExitTempFail; // could not connect, connection failed, outcome unknown, pool
+	return kExitTempFail;
 }
-
-/* The signals lockext-run forwards to the command. */
-constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
 void
-noop_handler(int)
+report_failure(const lockext::Failure &f)
 {
+	complain("%s", f.message);
+	if (f.sqlstate == "42883" || f.sqlstate == "3F000")
+		complain("hint: %s", "run CREATE EXTENSION lockext in that database (or check the "
+							 "search_path / schema it was created in)");
 }
 
-/* Blocks the forwarded signals and SIGCHLD and returns a signalfd for them. */
-int
-make_signalfd(sigset_t &set)
+/* Reads pending signals; returns the forwardable ones in order (SIGCHLD only wakes).
+ * With from != 0 only signals sent by process `from` count (the supervisor takes its
+ * signals from the front process, which forwards everything it gets: a signal sent to
+ * the whole process group reaches both, and must be passed on once). */
+std::vector<int>
+drain_signals(int sfd, pid_t from = 0)
 {
-	sigemptyset(&set);
-	for (int s : kForwarded)
-		sigaddset(&set, s);
-	sigaddset(&set, SIGCHLD);
-	// A handler (never run: the signal stays blocked) makes sure SIGCHLD is queued
-	// for the signalfd whatever disposition we inherited.
-	struct sigaction sa
-	{
-	};
-	sa.sa_handler = noop_handler;
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = SA_NOCLDSTOP;
-	sigaction(SIGCHLD, &sa, nullptr);
-	if (sigprocmask(SIG_BLOCK, &set, nullptr) != 0)
-		return -1;
-	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-}
-
-/* Reads pending signals; returns the last forwardable one (0 if none). SIGCHLD only
- * wakes the caller, which then calls waitpid. */
-int
-drain_signals(int sfd)
-{
-	int last = 0;
+	std::vector<int> out;
 	signalfd_siginfo info;
 	while (read(sfd, &info, sizeof info) == static_cast<ssize_t>(sizeof info))
-		if (info.ssi_signo != SIGCHLD)
-			last = static_cast<int>(info.ssi_signo);
-	return last;
+		if (info.ssi_signo != SIGCHLD && (from == 0 || static_cast<pid_t>(info.ssi_pid) == from))
+			out.push_back(static_cast<int>(info.ssi_signo));
+	return out;
 }
 
-/* poll() on fds for at most timeout (rounded up to whole ms, capped). */
-void
-wait_for(std::vector<pollfd> &fds, Clock::duration timeout)
+/* The front process (see front()): its pid, and the read end of a pipe that reaches EOF
+ * when it dies. */
+struct Front
 {
-	auto ms = std::chrono::ceil<milliseconds>(std::max(timeout, Clock::duration::zero()));
-	const int t = static_cast<int>(std::min<long long>(ms.count(), 1000));
-	for (auto &f : fds)
-		f.revents = 0;
-	(void) poll(fds.data(), fds.size(), t);
+	pid_t pid = 0;
+	int fd = -1;
+};
+
+/* Sleeps in poll() on fds until `when` or until one of them is ready, at most 1 s. The
+ * wake-up comes from tfd, a timerfd on CLOCK_BOOTTIME, so time spent suspended counts
+ * (poll's own timeout runs on CLOCK_MONOTONIC and is only the 1 s backstop). */
+void
+wait_until(std::vector<pollfd> &fds, int tfd, Clock::time_point when)
+{
+	const auto now = Clock::now();
+	when = std::clamp(when, now + std::chrono::microseconds(1), now + std::chrono::seconds(1));
+	const auto ns = when.time_since_epoch().count();
+	itimerspec spec{};
+	spec.it_value.tv_sec = static_cast<time_t>(ns / 1000000000);
+	spec.it_value.tv_nsec = static_cast<long>(ns % 1000000000);
+	(void) timerfd_settime(tfd, TFD_TIMER_ABSTIME, &spec, nullptr);
+	std::vector<pollfd> all = fds;
+	all.push_back({tfd, POLLIN, 0});
+	(void) poll(all.data(), all.size(), 1000);
+	for (std::size_t i = 0; i < fds.size(); ++i)
+		fds[i].revents = all[i].revents;
+	std::uint64_t expirations;
+	(void) !read(tfd, &expirations, sizeof expirations);
 }
 
 /* environ plus the LOCKEXT_* variables (replacing inherited ones). */
@@ -369,101 +196,44 @@ child_environment(const lockext::LockHandle &h)
 	return env;
 }
 
-/* Forks and execs the command; returns its pid, or a negative exit status. Reports
- * exec failures through a close-on-exec pipe. Only async-signal-safe calls in the child
- * (the keeper thread runs in the parent). */
-pid_t
-spawn(const Options &o, const lockext::LockHandle &h, int &exit_status)
+/* "lock 'k' is held by someone else", or the server's grace period if one is active. */
+std::string
+contention_message(lockext::PgLockingPlugin &locks, const Options &o)
 {
-	std::vector<std::string> env = child_environment(h);
-	std::vector<char *> envp;
-	for (auto &e : env)
-		envp.push_back(e.data());
-	envp.push_back(nullptr);
-
-	int report[2];
-	if (pipe2(report, O_CLOEXEC) != 0)
-	{
-		complain("cannot create a pipe: %s", std::strerror(errno));
-		exit_status = kExitOsErr;
-		return -1;
-	}
-	const pid_t pid = fork();
-	if (pid < 0)
-	{
-		complain("cannot fork: %s", std::strerror(errno));
-		close(report[0]);
-		close(report[1]);
-		exit_status = kExitOsErr;
-		return -1;
-	}
-	if (pid == 0)
-	{
-		close(report[0]);
-		struct sigaction dfl
-		{
-		};
-		dfl.sa_handler = SIG_DFL;
-		sigemptyset(&dfl.sa_mask);
-		for (int s : kForwarded)
-			sigaction(s, &dfl, nullptr);
-		sigaction(SIGCHLD, &dfl, nullptr);
-		sigaction(SIGPIPE, &dfl, nullptr);
-		sigset_t none;
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, nullptr);
-		execvpe(o.command[0], o.command.data(), envp.data());
-		const int err = errno;
-		(void) !write(report[1], &err, sizeof err);
-		_exit(err == ENOENT ? kExitNotFound : kExitNotExecutable);
-	}
-	close(report[1]);
-	int err = 0;
-	ssize_t n;
-	do
-		n = read(report[0], &err, sizeof err);
-	while (n < 0 && errno == EINTR);
-	close(report[0]);
-	if (n == static_cast<ssize_t>(sizeof err))
-	{
-		int status;
-		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		{
-		}
-		std::fprintf(stderr, "%s: cannot run %s: %s\n", g_prog, o.command[0], std::strerror(err));
-		exit_status = err == ENOENT ? kExitNotFound : kExitNotExecutable;
-		return -1;
-	}
-	return pid;
+	if (auto g = locks.grace_status(); g && g->active)
+		return "refused: grace period after " + g->reason + ", " + std::to_string(g->remaining_ms) +
+			   " ms left";
+	return "lock '" + o.key + "' is held by someone else" +
+		   (o.wait.count() > 0 ? " (gave up waiting)" : "");
 }
 
 /* Takes the lease, retrying with jittered exponential backoff until o.wait has passed.
- * Returns the handle, or sets exit_status. before = steady time before the granting
- * try_lock. A signal in the wait ends it with 128+signal. */
+ * Returns the handle, or sets exit_status. before = time just before the granting
+ * try_lock. A forwarded signal in the wait ends it with 128+signal. */
 std::optional<lockext::LockHandle>
-acquire(lockext::PgLockingPlugin &locks, const Options &o, int sfd, Clock::time_point &before,
-		int &exit_status)
+acquire(lockext::PgLockingPlugin &locks, const Options &o, int sfd, int tfd, const Front &front,
+		Clock::time_point &before, int &exit_status)
 {
 	const auto give_up = Clock::now() + o.wait;
 	std::mt19937_64 rng{std::random_device{}()};
 	milliseconds backoff{50};
-	std::vector<pollfd> fds{{sfd, POLLIN, 0}};
+	std::vector<pollfd> fds{{sfd, POLLIN, 0}, {front.fd, POLLIN, 0}};
 	for (;;)
 	{
 		before = Clock::now();
-		auto r = locks.try_lock(o.key, static_cast<std::uint64_t>(o.ttl.count()));
+		auto r = locks.try_lock_outcome(o.key, static_cast<std::uint64_t>(o.ttl.count()));
 		if (!r)
 		{
-			complain("%s", r.error());
-			exit_status = classify_error(r.error());
+			report_failure(r.error());
+			exit_status = exit_status_for(r.error());
 			return std::nullopt;
 		}
 		if (r->has_value())
 		{
-			if (int sig = drain_signals(sfd); sig != 0)
+			if (auto sigs = drain_signals(sfd, front.pid); !sigs.empty())
 			{
 				(void) locks.release(**r);
-				exit_status = 128 + sig;
+				exit_status = 128 + sigs.back();
 				return std::nullopt;
 			}
 			return **r;
@@ -472,22 +242,24 @@ acquire(lockext::PgLockingPlugin &locks, const Options &o, int sfd, Clock::time_
 		if (now >= give_up)
 		{
 			if (!o.quiet)
-				complain(o.wait.count() > 0 ? "lock '%s' is held by someone else (gave up waiting)"
-											: "lock '%s' is held by someone else",
-						 o.key);
+				complain("%s", contention_message(locks, o));
 			exit_status = o.conflict_exit;
 			return std::nullopt;
 		}
 		// Sleep a random time in [backoff/2, backoff], never past the end of the wait.
 		std::uniform_int_distribution<long long> jitter(backoff.count() / 2, backoff.count());
-		auto nap = std::min<Clock::duration>(milliseconds(jitter(rng)), give_up - now);
-		const auto wake = now + nap;
+		const auto wake = std::min<Clock::time_point>(now + milliseconds(jitter(rng)), give_up);
 		while (Clock::now() < wake)
 		{
-			wait_for(fds, wake - Clock::now());
-			if (int sig = drain_signals(sfd); sig != 0)
+			wait_until(fds, tfd, wake);
+			if (auto sigs = drain_signals(sfd, front.pid); !sigs.empty())
 			{
-				exit_status = 128 + sig;
+				exit_status = 128 + sigs.back();
+				return std::nullopt;
+			}
+			if (fds[1].revents != 0)
+			{
+				exit_status = 128 + SIGKILL; // the front process was killed
 				return std::nullopt;
 			}
 		}
@@ -495,38 +267,248 @@ acquire(lockext::PgLockingPlugin &locks, const Options &o, int sfd, Clock::time_
 	}
 }
 
-int
-status_of(int wstatus)
+/* ^Z at the terminal stopped the command: stop lockext-run too (so the shell sees its
+ * job stopped), and on SIGCONT give the terminal back (if we are in the foreground
+ * again) and continue the command's group. */
+void
+suspend_with_command(int tty, pid_t pgid)
 {
-	if (WIFEXITED(wstatus))
-		return WEXITSTATUS(wstatus);
-	if (WIFSIGNALED(wstatus))
-		return 128 + WTERMSIG(wstatus);
-	return 1;
+	(void) tcsetpgrp(tty, getpgrp());
+	(void) kill(getpid(), SIGSTOP);
+	if (tcgetpgrp(tty) == getpgrp())
+		(void) tcsetpgrp(tty, pgid);
+	(void) kill(-pgid, SIGCONT);
 }
 
-int
-run(const Options &o)
+struct Ending
 {
-	sigset_t set;
-	const int sfd = make_signalfd(set);
+	int wstatus = 0;
+	bool lost = false;  // the lease was lost (or about to end): the command was stopped
+	bool stuck = false; // processes survived SIGKILL: do not release
+};
+
+/* Runs until the command and every descendant have ended, stopping them when the lease
+ * is lost or about to end. */
+Ending
+supervise(const Options &o, lockext::LeaseKeeper &keeper, pid_t child, int sfd, int lost_fd,
+		  int tfd, int tty, const Front &front)
+{
+	const milliseconds margin = o.effective_margin();
+	const milliseconds window = o.term_window();
+	const std::string &key = keeper.handle().key;
+	std::vector<pollfd> fds{{sfd, POLLIN, 0}, {lost_fd, POLLIN, 0}, {front.fd, POLLIN, 0}};
+	Ending end;
+	bool done = false, stopping = false, killed = false, front_died = false;
+	Clock::time_point stop_sent{}, kill_sent{};
+	std::optional<Clock::time_point> done_at;
+	// Processes still alive this long after the command ended are stragglers (shorter
+	// lived ones were just dying with it, e.g. of the same forwarded signal).
+	constexpr milliseconds kStragglerDelay{100};
+	for (;;)
+	{
+		bool stopped = false;
+		reap(child, tty >= 0 && !stopping, done, end.wstatus, stopped);
+		if (stopped && !done && !stopping)
+			suspend_with_command(tty, child);
+		const auto tree = descendants();
+		if (done && tree.empty())
+			break;
+		const auto now = Clock::now();
+		if (done && !done_at)
+			done_at = now;
+		const auto valid_until = keeper.valid_until();
+		const auto kill_by = valid_until - margin;
+		if (!stopping)
+		{
+			std::string why;
+			if (keeper.lost())
+				why =
+					keeper.lost_reason().value_or("no successful renew within the lease's ttl (" +
+												  std::to_string(keeper.handle().ttl_ms) + " ms)");
+			else if (now >= kill_by - window)
+				why = "no successful renew for " +
+					  std::to_string(ms_of(now - (valid_until - o.ttl))) +
+					  " ms, the lease may end in " + std::to_string(ms_of(valid_until - now)) +
+					  " ms (" + keeper.lost_reason().value_or("renewals fail") + ")";
+			if (!why.empty())
+			{
+				// Signal first, log after: a closed stderr cannot delay the stop.
+				signal_tree(child, SIGTERM);
+				stopping = true;
+				end.lost = true;
+				stop_sent = now;
+				std::fprintf(stderr, "%s: lease '%s' lost: %s; stopping the command (SIGTERM)\n",
+							 g_prog, key.c_str(), why.c_str());
+			}
+			else if (done && now >= *done_at + kStragglerDelay)
+			{
+				signal_tree(child, SIGTERM);
+				stopping = true;
+				stop_sent = now;
+				std::fprintf(stderr,
+							 "%s: the command ended but left %zu process(es) running: SIGTERM\n",
+							 g_prog, tree.size());
+			}
+		}
+		if (front_died && !killed)
+		{
+			// lockext-run (the front process) was killed with SIGKILL: end everything at
+			// once, then release.
+			kill_tree(child);
+			killed = stopping = true;
+			kill_sent = now;
+			fds[2].fd = -1;
+			std::fprintf(stderr, "%s: lockext-run was killed: SIGKILL to the command\n", g_prog);
+		}
+		if (stopping && !killed && now >= std::min(stop_sent + o.kill_after, kill_by))
+		{
+			kill_tree(child);
+			killed = true;
+			kill_sent = now;
+			std::fprintf(stderr, "%s: the command did not stop %s: SIGKILL\n", g_prog,
+						 now >= kill_by ? "before the safety margin" : "within --kill-after");
+		}
+		if (killed && now - kill_sent >= std::chrono::seconds(5))
+		{
+			std::fprintf(stderr,
+						 "%s: %zu process(es) did not end 5 s after SIGKILL (uninterruptible "
+						 "sleep?), first pid %d; leaving the lease to expire\n",
+						 g_prog, tree.size(), tree.empty() ? 0 : static_cast<int>(tree.front()));
+			end.stuck = true;
+			break;
+		}
+		Clock::time_point next = now + std::chrono::seconds(1);
+		if (!stopping)
+		{
+			next = std::min(next, kill_by - window);
+			if (done_at)
+				next = std::min(next, *done_at + kStragglerDelay);
+		}
+		else if (!killed)
+			next = std::min(next, std::min(stop_sent + o.kill_after, kill_by));
+		else
+		{
+			kill_tree(child); // again: whatever was re-parented to us meanwhile
+			next = now + milliseconds(20);
+		}
+		wait_until(fds, tfd, next);
+		if (fds[0].revents & POLLIN)
+			for (int sig : drain_signals(sfd, front.pid))
+				(void) kill(-child, sig); // the group outlives its leader while members remain
+		if (fds[2].fd >= 0 && fds[2].revents != 0)
+			front_died = true;
+		if (fds[1].revents & POLLIN)
+		{
+			char buf[16];
+			while (read(lost_fd, buf, sizeof buf) > 0)
+			{
+			}
+		}
+	}
+	if (tty >= 0)
+		(void) tcsetpgrp(tty, getpgrp());
+	return end;
+}
+
+/* --hold-at-least: keep the lease until start + hold although the command has ended.
+ * While more than one TTL remains the keeper goes on renewing; then one final renew
+ * asks for exactly the rest (sent now, so the server keeps it at least until
+ * start + hold) and lockext-run exits without releasing. A forwarded signal ends the
+ * wait early with the final renew capped at one TTL. Returns false if the lease had to
+ * be released normally instead (the time was already covered). */
+bool
+hold_until(lockext::PgLockingPlugin &locks, lockext::LeaseKeeper &keeper, const Options &o,
+		   Clock::time_point until, int sfd, int tfd, const Front &front)
+{
+	if (Clock::now() >= until)
+		return false;
+	std::vector<pollfd> fds{{sfd, POLLIN, 0}, {front.fd, POLLIN, 0}};
+	if (o.verbose)
+		std::fprintf(stderr, "%s: holding '%s' for %lld ms more (--hold-at-least)\n", g_prog,
+					 o.key.c_str(), ms_of(until - Clock::now()));
+	bool interrupted = false;
+	while (!interrupted && !keeper.lost() && until - Clock::now() > o.ttl)
+	{
+		wait_until(fds, tfd, until - o.ttl);
+		if (fds[0].revents & POLLIN)
+			interrupted = !drain_signals(sfd, front.pid).empty();
+		if (fds[1].revents != 0)
+			interrupted = true;
+	}
+	keeper.stop();
+	if (keeper.lost())
+	{
+		complain("warning: the lease was lost while held for --hold-at-least: %s",
+				 keeper.lost_reason().value_or("no successful renew within its ttl"));
+		return true;
+	}
+	lockext::LockHandle h = keeper.handle();
+	const auto now = Clock::now(); // before the renew is sent
+	auto rest = std::chrono::ceil<milliseconds>(until - now);
+	rest = std::clamp(rest, milliseconds(1), o.ttl);
+	h.ttl_ms = static_cast<std::uint64_t>(rest.count());
+	if (auto r = locks.renew_outcome(h); !r)
+		complain("warning: could not hold the lease for --hold-at-least: %s", r.error().message);
+	else if (o.verbose)
+		std::fprintf(stderr, "%s: '%s' held for another %lld ms, not released\n", g_prog,
+					 o.key.c_str(), static_cast<long long>(rest.count()));
+	return true;
+}
+
+/* Builds the plugin with --prepared-statements applied: the library reads
+ * LOCKEXT_PREPARED_STATEMENTS at construction, so the chosen mode is put there for the
+ * constructor only (the command sees the environment lockext-run was given). */
+lockext::PgOptions
+plugin_options(const Options &o)
+{
+	lockext::PgOptions popts;
+	popts.pool_size = 2;
+	// A renew must not block much longer than the retries between renewals allow.
+	popts.statement_timeout = std::clamp(std::chrono::duration_cast<milliseconds>(o.ttl / 6),
+										 milliseconds(250), milliseconds(5000));
+	popts.prepared_statements = o.prepared_statements != "off";
+	popts.on_log = [](std::string_view line)
+	{ std::fprintf(stderr, "%s: %.*s\n", g_prog, static_cast<int>(line.size()), line.data()); };
+	return popts;
+}
+
+/* The supervisor: takes the lease, runs and watches the command, releases. */
+int
+run(const Options &o, const EntrySignals &entry, const Front &front)
+{
+	const int sfd = open_signalfd(entry);
 	int lost_pipe[2];
-	if (sfd < 0 || pipe2(lost_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+	const int tfd = timerfd_create(CLOCK_BOOTTIME, TFD_CLOEXEC | TFD_NONBLOCK);
+	if (sfd < 0 || tfd < 0 || pipe2(lost_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
 	{
 		complain("cannot set up signal handling: %s", std::strerror(errno));
 		return kExitOsErr;
 	}
+	if (!become_subreaper())
+	{
+		complain("cannot become a child subreaper: %s", std::strerror(errno));
+		return kExitOsErr;
+	}
 
-	lockext::PgOptions popts;
-	popts.pool_size = 2;
-	// A renew must not block much longer than the time between renewals.
-	popts.statement_timeout = std::clamp(std::chrono::duration_cast<milliseconds>(o.ttl / 3),
-										 milliseconds(250), milliseconds(5000));
-	lockext::PgLockingPlugin locks(o.dsn, popts);
+	std::optional<std::string> saved_env;
+	if (!o.prepared_statements.empty())
+	{
+		if (const char *e = std::getenv("LOCKEXT_PREPARED_STATEMENTS"))
+			saved_env = e;
+		setenv("LOCKEXT_PREPARED_STATEMENTS", o.prepared_statements.c_str(), 1);
+	}
+	lockext::PgLockingPlugin locks(o.dsn, plugin_options(o));
+	if (!o.prepared_statements.empty())
+	{
+		if (saved_env)
+			setenv("LOCKEXT_PREPARED_STATEMENTS", saved_env->c_str(), 1);
+		else
+			unsetenv("LOCKEXT_PREPARED_STATEMENTS");
+	}
 
 	int exit_status = 0;
 	Clock::time_point before;
-	auto handle = acquire(locks, o, sfd, before, exit_status);
+	auto handle = acquire(locks, o, sfd, tfd, front, before, exit_status);
 	if (!handle)
 		return exit_status;
 	if (o.verbose)
@@ -544,75 +526,35 @@ run(const Options &o)
 		},
 		{}, before);
 
-	const pid_t child = spawn(o, *handle, exit_status);
-	if (child < 0)
+	std::vector<std::string> env = child_environment(*handle);
+	std::vector<char *> envp;
+	for (auto &e : env)
+		envp.push_back(e.data());
+	envp.push_back(nullptr);
+	const int tty = foreground_tty();
+	const Spawned child = spawn_command(o.command.data(), envp.data(), entry, tty);
+	if (child.pid < 0)
 	{
 		if (auto r = keeper.release(); !r)
 			complain("warning: %s (the lease expires after its TTL)", r.error());
-		return exit_status;
+		return child.exit_status;
 	}
 
-	std::vector<pollfd> fds{{sfd, POLLIN, 0}, {lost_pipe[0], POLLIN, 0}};
-	bool lost = false;
-	bool kill_pending = false; // SIGTERM sent after loss, SIGKILL due at kill_at
-	Clock::time_point kill_at{};
-	int wstatus = 0;
-	for (;;)
+	const Ending end = supervise(o, keeper, child.pid, sfd, lost_pipe[0], tfd, tty, front);
+	const int command_status = status_of(end.wstatus);
+	if (end.stuck)
 	{
-		const pid_t done = waitpid(child, &wstatus, WNOHANG);
-		if (done == child)
-			break;
-		if (done < 0 && errno != EINTR)
-		{
-			complain("waitpid failed: %s", std::strerror(errno));
-			wstatus = 0;
-			exit_status = kExitOsErr;
-			break;
-		}
-		if (!lost && keeper.lost())
-		{
-			lost = true;
-			const auto why =
-				keeper.lost_reason().value_or("no successful renew within the lease's ttl (" +
-											  std::to_string(handle->ttl_ms) + " ms)");
-			std::fprintf(stderr, "%s: lease '%s' lost: %s; stopping the command (SIGTERM)\n",
-						 g_prog, handle->key.c_str(), why.c_str());
-			kill(child, SIGTERM);
-			kill_at = Clock::now() + o.kill_after;
-			kill_pending = true;
-		}
-		if (kill_pending && Clock::now() >= kill_at)
-		{
-			std::fprintf(stderr, "%s: the command did not stop within %lld ms: SIGKILL\n", g_prog,
-						 static_cast<long long>(o.kill_after.count()));
-			kill(child, SIGKILL);
-			kill_pending = false;
-		}
-		auto timeout = lost ? Clock::duration(milliseconds(1000))
-							: keeper.valid_until() - Clock::now() + milliseconds(1);
-		if (kill_pending)
-			timeout = std::min(timeout, kill_at - Clock::now());
-		wait_for(fds, timeout);
-		if (fds[0].revents & POLLIN)
-			if (int sig = drain_signals(sfd); sig != 0)
-				kill(child, sig);
-		if (fds[1].revents & POLLIN)
-		{
-			char buf[16];
-			while (read(lost_pipe[0], buf, sizeof buf) > 0)
-			{
-			}
-		}
+		keeper.stop();
+		return end.lost ? kExitSoftware : command_status;
 	}
-
+	if (!end.lost && o.hold_at_least.count() > 0 &&
+		hold_until(locks, keeper, o, before + o.hold_at_least, sfd, tfd, front))
+		return command_status;
 	if (auto r = keeper.release(); !r)
 		complain("warning: %s (the lease expires after its TTL)", r.error());
-	else if (o.verbose && !lost)
+	else if (o.verbose && !end.lost)
 		std::fprintf(stderr, "%s: released '%s'\n", g_prog, handle->key.c_str());
-	if (exit_status != 0)
-		return exit_status;
-	const int command_status = status_of(wstatus);
-	if (lost)
+	if (end.lost)
 	{
 		std::fprintf(stderr, "%s: the command ended with status %d after the lease was lost\n",
 					 g_prog, command_status);
@@ -621,13 +563,118 @@ run(const Options &o)
 	return command_status;
 }
 
+/*
+ * The front process: the one the caller started (its pid is the one cron, a shell or an
+ * operator sees and signals). It forks the supervisor (run()), forwards every signal it
+ * gets to it, relays ^Z, and exits with its status. Both are child subreapers: if the
+ * supervisor dies (even of SIGKILL), the kernel kills the command (PDEATHSIG) and the
+ * rest of the tree is re-parented to the front, which kills and reaps it; if the front is
+ * killed with SIGKILL, the supervisor sees its pipe close, kills the whole tree at once and
+ * releases the lease. Only both dying at once leaves the command's descendants running.
+ */
+int
+front(pid_t supervisor, int sfd)
+{
+	std::vector<pollfd> fds{{sfd, POLLIN, 0}};
+	int wstatus = 0;
+	bool done = false;
+	while (!done)
+	{
+		for (;;)
+		{
+			int st = 0;
+			const pid_t p = waitpid(-1, &st, WNOHANG | WUNTRACED);
+			if (p < 0 && errno == EINTR)
+				continue;
+			if (p <= 0)
+				break;
+			if (p != supervisor)
+				continue;
+			if (WIFSTOPPED(st))
+			{
+				// The supervisor stopped itself after a ^Z of the command: stop too, so the
+				// shell sees the job stopped, and continue it when we are continued. (A
+				// stale report, after both were continued already, is ignored.)
+				if (is_stopped(supervisor))
+				{
+					(void) kill(getpid(), SIGSTOP);
+					(void) kill(supervisor, SIGCONT);
+				}
+				continue;
+			}
+			done = true;
+			wstatus = st;
+		}
+		if (done)
+			break;
+		for (auto &f : fds)
+			f.revents = 0;
+		(void) poll(fds.data(), fds.size(), 1000);
+		if (fds[0].revents & POLLIN)
+			for (int sig : drain_signals(sfd))
+				(void) kill(supervisor, sig);
+	}
+	// Anything left was re-parented to us: the supervisor died without stopping it.
+	const auto give_up = Clock::now() + std::chrono::seconds(5);
+	while (!descendants().empty() && Clock::now() < give_up)
+	{
+		kill_tree(0);
+		for (int st; waitpid(-1, &st, WNOHANG) > 0;)
+		{
+		}
+		usleep(10000);
+	}
+	if (WIFEXITED(wstatus))
+		return WEXITSTATUS(wstatus);
+	std::fprintf(stderr,
+				 "%s: the supervising process died of signal %d; the command was stopped "
+				 "(the lease expires after its TTL)\n",
+				 g_prog, WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : 0);
+	return kExitSoftware;
+}
+
+int
+start(const Options &o)
+{
+	EntrySignals entry;
+	const int sfd = setup_signals(entry);
+	int alive[2];
+	if (sfd < 0 || pipe2(alive, O_CLOEXEC) != 0)
+	{
+		complain("cannot set up signal handling: %s", std::strerror(errno));
+		return kExitOsErr;
+	}
+	if (!become_subreaper())
+	{
+		complain("cannot become a child subreaper: %s", std::strerror(errno));
+		return kExitOsErr;
+	}
+	// No thread exists yet, so the child may go on with ordinary code.
+	const pid_t front_pid = getpid();
+	const pid_t supervisor = fork();
+	if (supervisor < 0)
+	{
+		complain("cannot fork: %s", std::strerror(errno));
+		return kExitOsErr;
+	}
+	if (supervisor == 0)
+	{
+		close(alive[1]);
+		close(sfd);
+		return run(o, entry, Front{front_pid, alive[0]});
+	}
+	close(alive[0]);
+	return front(supervisor, sfd);
+}
+
 } // namespace
+} // namespace lockext_run
 
 int
 main(int argc, char **argv)
 {
-	Options o;
-	if (auto stop = parse_args(argc, argv, o))
+	lockext_run::Options o;
+	if (auto stop = lockext_run::parse_args(argc, argv, o))
 		return *stop;
-	return run(o);
+	return lockext_run::start(o);
 }
