@@ -497,8 +497,7 @@ HeldLease(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 now_ns)
  * under lock_id.  An expired entry is reclaimed, never resurrected.
  */
 bool
-LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms,
-			   int64 max_ttl_ms)
+LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms)
 {
 	LWLock	   *lock = PartitionLock(probe);
 	PartitionCounters *counters = CountersOf(probe);
@@ -511,7 +510,7 @@ LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl
 	if (lease != NULL)
 	{
 		if (ttl_ms < 0)
-			ttl_ms = Min((int64) lease->ttl_ms, max_ttl_ms);
+			ttl_ms = lease->ttl_ms;
 		lease->ttl_ms = (int32) ttl_ms;
 		lease->expires_ns = core::ExpiryNanos(now_ns, ttl_ms);
 		lease->renewals++;

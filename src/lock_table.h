@@ -147,9 +147,11 @@ extern int	LockTablePartitionOf(const LockextProbeKey *probe);
 extern LockextGrantStatus LockTableGrant(const LockextProbeKey *probe,
 										 const LockextGrantRequest *request,
 										 LockextGrantResult *result);
-/* ttl_ms < 0: keep the lease's own TTL (clamped to max_ttl_ms) */
-extern bool LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms,
-						   int64 max_ttl_ms);
+/*
+ * ttl_ms < 0: keep the lease's own TTL, also above a lowered max_ttl_ms (it
+ * was granted; the durable TTL ceiling covers it)
+ */
+extern bool LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms);
 extern bool LockTableRelease(const LockextProbeKey *probe, const pg_uuid_t *lock_id);
 extern bool LockTableEvict(const LockextProbeKey *probe);
 extern uint32 LockTableSweepExpired(void);

@@ -295,7 +295,7 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 	return HandleFinish(&handle, result.fence);
 }
 
-/* ttl == NULL: keep the lease's own TTL (clamped to lockext.max_ttl_ms) */
+/* ttl == NULL: keep the lease's own TTL, even above a lowered lockext.max_ttl_ms */
 static bool
 RenewChecked(Datum key, bool key_null, Datum lock_id, bool lock_id_null, const Datum *ttl,
 			 bool ttl_null)
@@ -312,7 +312,7 @@ RenewChecked(Datum key, bool key_null, Datum lock_id, bool lock_id_null, const D
 		ttl_ms = LockextCheckTtl(*ttl, ttl_null);
 		RecordTtlCeiling(ttl_ms);
 	}
-	return LockTableRenew(&probe, id, ttl_ms, lockext_max_ttl_ms);
+	return LockTableRenew(&probe, id, ttl_ms);
 }
 
 /* renew(key text, lock_id uuid) RETURNS boolean: keeps the lease's own TTL */
