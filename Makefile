@@ -21,7 +21,8 @@ PROVE_TESTS    = test/t/*.pl
 EXTRA_CLEAN    = tmp_check tmp_check_iso output_iso results regression.diffs regression.out \
                  $(OBJS:.o=.d)
 
-PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+# the scripts pass tools/lib.sh's PG_CONFIG; by hand, any PostgreSQL 15 pg_config
+PG_CONFIG ?= pg_config
 
 # The LLVM bitcode step would compile the C++ with clang and none of our
 # flags; lockext gains nothing from JIT inlining, so it is off.

@@ -13,7 +13,7 @@
 #   tools/lifecycle-fuzz.sh --pg-bin /tmp/pgold/usr/lib/postgresql/15/bin --seconds 120
 #   tools/lifecycle-fuzz.sh --events promote=3,tamper=60
 #
-# Options: --pg-bin DIR (default /usr/lib/postgresql/15/bin), --seconds N,
+# Options: --pg-bin DIR (default: tools/lib.sh's PG_BIN), --seconds N,
 # --seed S, --runs N, --long (1800 s unless --seconds is given), --events W
 # (LOCKEXT_FUZZ_EVENTS), --grace MS (LOCKEXT_FUZZ_GRACE_MS), --stop-at-first,
 # --conf 'LINES' (LOCKEXT_FUZZ_CONF: extra postgresql.conf lines for every node),
@@ -23,8 +23,9 @@
 # scratch directory (tmp_check/log/).
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/tools/lib.sh" # PG_BIN
 
-pg_bin=/usr/lib/postgresql/15/bin
+pg_bin=$PG_BIN
 seconds=
 seed=
 runs=1

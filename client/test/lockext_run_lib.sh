@@ -11,8 +11,9 @@
 #
 # Needs root (runuser -u postgres). Every wait is bounded.
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-PSQL=${PSQL:-$PGBIN/psql}
+. "$(dirname "${BASH_SOURCE[0]}")/../../tools/lib.sh" # PG_BIN, pg_cluster_start
+PGBIN=$PG_BIN
+PSQL=${PSQL:-$PG_BIN/psql}
 OWN_DSN=""
 OWN_PGCTL=""
 OWN_DATA=""
@@ -20,39 +21,14 @@ STOPPED_PIDS=""
 
 lib_now_ms() { date +%s%3N; }
 
-own_free_port() {
-    local p low
-    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % (low - 20000)))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    return 1
-}
-
 own_cluster_start() {
-    local dir=$1 port line
+    local dir=$1
     shift
-    mkdir -p "$dir"
-    chown postgres:postgres "$dir"
-    chmod 755 "$dir"
-    port=$(own_free_port) || return 1
-    OWN_DATA=$dir/data
-    runuser -u postgres -- "$PGBIN/initdb" -D "$OWN_DATA" --auth=trust -U postgres \
-        >"$dir/initdb.log" 2>&1 || return 1
-    {
-        printf "listen_addresses = '127.0.0.1'\nport = %s\n" "$port"
-        printf "unix_socket_directories = '%s'\nshared_preload_libraries = 'lockext'\n" "$dir"
-        printf "fsync = off\nmax_connections = 40\n"
-        for line in "$@"; do printf '%s\n' "$line"; done
-    } >>"$OWN_DATA/postgresql.conf"
-    OWN_PGCTL="runuser -u postgres -- $PGBIN/pg_ctl -D $OWN_DATA -l $dir/server.log -w -t 60"
-    $OWN_PGCTL start >>"$dir/initdb.log" 2>&1 || return 1
-    OWN_DSN="host=127.0.0.1 port=$port dbname=postgres user=postgres"
-    "$PSQL" "$OWN_DSN" -X -qc 'CREATE EXTENSION lockext' >>"$dir/initdb.log" 2>&1
+    pg_cluster_start "$dir" "fsync = off" "max_connections = 40" "$@" >>"$dir.log" 2>&1 || return 1
+    OWN_DATA=$PG_DATA
+    OWN_PGCTL="$PG_CTL -w -t 60"
+    OWN_DSN=$PG_DSN
+    "$PSQL" "$OWN_DSN" -X -qc 'CREATE EXTENSION lockext' >>"$dir.log" 2>&1
 }
 
 own_cluster_stop() {

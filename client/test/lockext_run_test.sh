@@ -12,7 +12,8 @@ set -u -o pipefail
 
 RUN=$1
 DSN=$2
-PSQL=${PSQL:-/usr/lib/postgresql/15/bin/psql}
+. "$(dirname "$0")/../../tools/lib.sh" # PG_BIN
+PSQL=${PSQL:-$PG_BIN/psql}
 T=$(mktemp -d /tmp/lockext-run-test.XXXXXX)
 # Processes a case wants gone whatever happens (a failing case must not leave a
 # "sleep 300" behind): their pids are appended to $T/cleanup.

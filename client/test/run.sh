@@ -18,14 +18,13 @@
 set -u -o pipefail
 
 CLIENT=$(cd "$(dirname "$0")/.." && pwd)
-. "$CLIENT/../tools/pgbouncer.sh"
-PGBIN=/usr/lib/postgresql/15/bin
+. "$CLIENT/../tools/lib.sh"        # PG_BIN, PG_CONFIG, free_port, pg_cluster_*
+. "$CLIENT/../tools/pgbouncer.sh"  # pgbouncer_start_free
 WORK=$(mktemp -d /tmp/lockext-client-test.XXXXXX)
 chmod 755 "$WORK"
 LOG=$WORK/build.log
 PASSED=0
 FAILED=0
-PGCTL=""
 BOUNCER_PID=""
 
 say() { printf '%s\n' "$*"; }
@@ -48,27 +47,11 @@ die() {
 # Stops what this script started (silently: the summary stays the last line).
 cleanup() {
     if [ -n "$BOUNCER_PID" ]; then kill -INT "$BOUNCER_PID" 2>/dev/null; fi
-    if [ -n "$PGCTL" ]; then $PGCTL stop -m immediate >/dev/null 2>&1; fi
+    pg_cluster_cleanup
     if [ "${KEEP_WORK:-0}" != 1 ] && [ "$FAILED" -eq 0 ]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'FAILED=$((FAILED + 1)); say "run.sh: interrupted"; finish' INT TERM
-
-# A TCP port on 127.0.0.1 that nothing listens on right now, below the kernel's
-# ephemeral range (an outgoing connection's local port refuses connect() but
-# still cannot be bound).
-free_port() {
-    local p low
-    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % (low - 20000)))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    return 1
-}
 
 # ---- 1. packages ---------------------------------------------------------------
 missing=()
@@ -80,8 +63,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"; } \
         >>"$LOG" 2>&1 || die "apt-get install failed"
 fi
-[ -f "$PGBIN/../lib/lockext.so" ] || [ -f /usr/lib/postgresql/15/lib/lockext.so ] ||
-    die "lockext.so is not installed: run make install first"
+[ -f "$("$PG_CONFIG" --pkglibdir)/lockext.so" ] || die "lockext.so is not installed: run make install first"
 
 # ---- 2. builds -----------------------------------------------------------------
 # build NAME BUILD_TYPE [cmake args]: the sanitizer builds use Debug (-O0 -g), which
@@ -101,48 +83,20 @@ build asan Debug -DLOCKEXT_CLIENT_SANITIZE=address,undefined
 build tsan Debug -DLOCKEXT_CLIENT_SANITIZE=thread
 
 # ---- 3. PostgreSQL and PgBouncer -----------------------------------------------
-mkdir -p "$WORK/pg" "$WORK/pgb"
-chown postgres:postgres "$WORK/pg" "$WORK/pgb"
-PORT=$(free_port) || die "no free port"
-runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg/data" --auth=trust -U postgres \
-    >>"$LOG" 2>&1 || die "initdb failed"
-cat >>"$WORK/pg/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$WORK/pg'
-shared_preload_libraries = 'lockext'
-lockext.max_locks = 1000
-lockext.enable_test_hooks = on
-max_connections = 100
-fsync = off
-CONF
-PGCTL="runuser -u postgres -- $PGBIN/pg_ctl -D $WORK/pg/data -l $WORK/pg/server.log -w -t 60"
-$PGCTL start >>"$LOG" 2>&1 || die "server start failed: $(tail -n 5 "$WORK/pg/server.log")"
-export LOCKEXT_TEST_DSN="host=127.0.0.1 port=$PORT dbname=postgres user=postgres"
-"$PGBIN/psql" "$LOCKEXT_TEST_DSN" -v ON_ERROR_STOP=1 -qc 'CREATE EXTENSION lockext' \
+pg_cluster_start "$WORK/pg" "lockext.max_locks = 1000" "lockext.enable_test_hooks = on" \
+    "max_connections = 100" "fsync = off" >>"$LOG" 2>&1 || die "server start failed"
+PORT=$PG_PORT
+export LOCKEXT_TEST_DSN=$PG_DSN
+"$PG_BIN/psql" "$LOCKEXT_TEST_DSN" -v ON_ERROR_STOP=1 -qc 'CREATE EXTENSION lockext' \
     >>"$LOG" 2>&1 || die "CREATE EXTENSION lockext failed"
-export LOCKEXT_TEST_PG_STOP="$PGCTL stop -m fast"
-export LOCKEXT_TEST_PG_START="$PGCTL start"
+export LOCKEXT_TEST_PG_STOP="$PG_CTL stop -m fast"
+export LOCKEXT_TEST_PG_START="$PG_CTL start"
 
-# PgBouncer on a fresh port; retried on another port if the first is taken
-# between the check and pgbouncer's bind().
-start_pgbouncer() {
-    local rc
-    BPORT=$(free_port) || die "no free port"
-    pgbouncer_config "$WORK/pgb" "$BPORT" "$PORT" 2 200 "admin_users = postgres" "server_check_delay = 0"
-    pgbouncer_start "$WORK/pgb" "$BPORT"
-    rc=$?
-    BOUNCER_PID=$(cat "$WORK/pgb/pgbouncer.pid" 2>/dev/null)
-    export LOCKEXT_TEST_PGBOUNCER_DSN="host=127.0.0.1 port=$BPORT dbname=postgres user=postgres"
-    export LOCKEXT_TEST_PGBOUNCER_ADMIN_DSN="host=127.0.0.1 port=$BPORT dbname=pgbouncer user=postgres"
-    return $rc
-}
-for attempt in 1 2 3; do
-    start_pgbouncer && break
-    [ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null
-    rm -f "$WORK/pgb/pgbouncer.pid"
-    [ "$attempt" = 3 ] && die "cannot connect through pgbouncer: $(tail -n 3 "$WORK/pgb/pgbouncer.log")"
-done
+pgbouncer_start_free "$WORK/pgb" "$PG_PORT" 2 200 "admin_users = postgres" "server_check_delay = 0" \
+    >>"$LOG" 2>&1 || die "cannot connect through pgbouncer: $(tail -n 3 "$WORK/pgb/pgbouncer.log")"
+BPORT=$PGB_PORT BOUNCER_PID=$PGB_PID
+export LOCKEXT_TEST_PGBOUNCER_DSN="host=127.0.0.1 port=$BPORT dbname=postgres user=postgres"
+export LOCKEXT_TEST_PGBOUNCER_ADMIN_DSN="host=127.0.0.1 port=$BPORT dbname=pgbouncer user=postgres"
 say "server on port $PORT, pgbouncer on port $BPORT"
 
 # ---- 4. tests ------------------------------------------------------------------
