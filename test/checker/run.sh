@@ -232,7 +232,7 @@ run_case() { # name, file prefix
 	case $name in
 	none) nem_pid= ;;
 	kill) nemesis_kill "$stop" 3000 5000 >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
-	selftest) nemesis_kill "$stop" 2000 3000 >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
+	selftest) nemesis_kill "$stop" 1200 2000 >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
 	restart) nemesis_restart "$stop" >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
 	pause) nemesis_pause "$stop" "${drivers[@]}" >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
 	pgbouncer) nemesis_pgbouncer "$stop" >"$f.nemesis.log" 2>&1 & nem_pid=$! ;;
