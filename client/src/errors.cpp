@@ -8,8 +8,6 @@
 
 #include <time.h>
 
-#include <cctype>
-
 #include "errors_internal.hpp"
 
 namespace lockext
@@ -96,8 +94,14 @@ classify_statement_sqlstate(std::string_view s) noexcept
 		return FailureKind::Capacity;
 	if (s == "57014")
 		return FailureKind::Timeout;
+	/* 25006 (read-only transaction: a standby, or a primary demoted by a failover) is
+	 * about this server, not about the call: retryable, and the next call connects anew
+	 * (the connection and the pool's idle ones are dropped) and so may reach another
+	 * host. */
+	if (s == "25006")
+		return FailureKind::Unreachable;
 	if (s == "42883" || s == "3F000" || s == "42P01" || s == "55000" || s == "42501" ||
-		s == "25006" || s == "42P05" || s == "26000" || s == "3D000")
+		s == "42P05" || s == "26000" || s == "3D000")
 		return FailureKind::Config;
 	return FailureKind::Server;
 }
@@ -111,7 +115,7 @@ classify_connect_sqlstate(std::string_view s) noexcept
 		return FailureKind::AuthFailed;
 	if (is_class(s, "53"))
 		return FailureKind::Capacity;
-	if (s == "3D000" || s == "42501" || s == "25006")
+	if (s == "3D000" || s == "42501")
 		return FailureKind::Config;
 	return classify_statement_sqlstate(s);
 }
@@ -137,23 +141,53 @@ is_pooler_statement_sqlstate(std::string_view s) noexcept
 std::string
 sqlstate_of_verbose_message(std::string_view text)
 {
-	/* Each server message is "<SEVERITY>:  <SQLSTATE>: <text>"; take the first. */
-	for (std::string_view sev : {"FATAL:  ", "ERROR:  ", "PANIC:  "})
+	/*
+	 * libpq gives a failed connection attempt only as text (PQerrorMessage; there is no
+	 * PGresult to read PG_DIAG_SQLSTATE from), so the SQLSTATE is recovered from the
+	 * verbose form "<SEVERITY>:  <SQLSTATE>: <message>". The severity word is localized
+	 * by the server's lc_messages ("FATAL", "ВАЖНО", "致命错误", ...), so it is not
+	 * matched: the first ":  " (two spaces) followed by five of [0-9A-Z] and ": " is.
+	 */
+	auto is_code_char = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z'); };
+	for (std::size_t at = text.find(":  "); at != std::string_view::npos;
+		 at = text.find(":  ", at + 1))
 	{
-		auto at = text.find(sev);
-		if (at == std::string_view::npos)
-			continue;
-		auto code = text.substr(at + sev.size());
-		if (code.size() < 7 || code[5] != ':')
+		const auto code = text.substr(at + 3);
+		if (code.size() < 7 || code[5] != ':' || code[6] != ' ')
 			continue;
 		bool ok = true;
 		for (std::size_t i = 0; i < 5; ++i)
-			ok = ok && (std::isupper(static_cast<unsigned char>(code[i])) ||
-						std::isdigit(static_cast<unsigned char>(code[i])));
+			ok = ok && is_code_char(code[i]);
 		if (ok)
 			return std::string(code.substr(0, 5));
 	}
 	return {};
+}
+
+ConnectClass
+classify_connect_failure(std::string_view text, bool needs_password)
+{
+	ConnectClass out;
+	out.sqlstate = sqlstate_of_verbose_message(text);
+	if (!out.sqlstate.empty())
+	{
+		out.kind = classify_connect_sqlstate(out.sqlstate);
+		return out;
+	}
+	/* libpq-side refusals (no SQLSTATE; these texts are libpq's own, English unless
+	 * libpq itself was built with NLS and a non-English locale is active; the password
+	 * case is detected through PQconnectionNeedsPassword() regardless). */
+	if (needs_password || text.find("fe_sendauth: no password supplied") != std::string_view::npos)
+		out.kind = FailureKind::AuthFailed;
+	else if (text.find("server does not support SSL, but SSL was required") !=
+				 std::string_view::npos ||
+			 text.find("server doesn't support GSSAPI encryption, but it was required") !=
+				 std::string_view::npos ||
+			 text.find("GSSAPI encryption required but was impossible") != std::string_view::npos)
+		out.kind = FailureKind::Config;
+	else
+		out.kind = FailureKind::Unreachable;
+	return out;
 }
 
 Failure

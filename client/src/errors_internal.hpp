@@ -31,8 +31,21 @@ namespace lockext::detail
 [[nodiscard]] bool is_pooler_statement_sqlstate(std::string_view sqlstate) noexcept;
 
 /* The SQLSTATE in a libpq error text made with PQERRORS_VERBOSE
- * ("FATAL:  28P01: password ..."), or "" when there is none. */
+ * ("FATAL:  28P01: password ...", or with a localized severity such as
+ * "ВАЖНО:  28P01: ..."), or "" when there is none. */
 [[nodiscard]] std::string sqlstate_of_verbose_message(std::string_view text);
+
+/* The classification of a failed connection attempt from libpq's error text (made with
+ * PQERRORS_VERBOSE) and PQconnectionNeedsPassword(): the SQLSTATE when the server sent
+ * one (any severity word, localized or not), else AuthFailed for "no password
+ * supplied", Config for an SSL/GSS encryption requirement the server cannot meet, and
+ * Unreachable for the rest (refused, DNS, timeout, ...). */
+struct ConnectClass
+{
+	FailureKind kind = FailureKind::Unreachable;
+	std::string sqlstate;
+};
+[[nodiscard]] ConnectClass classify_connect_failure(std::string_view text, bool needs_password);
 
 /* A Failure; message is the full public error string. */
 [[nodiscard]] Failure make_failure(FailureKind kind, std::string message, std::string sqlstate = {},

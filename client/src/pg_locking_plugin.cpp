@@ -15,9 +15,11 @@
  * Every statement runs with libpq's asynchronous API on a non-blocking connection:
  * sending flushes with PQflush + poll(2), every PQgetResult is preceded by
  * PQconsumeInput/PQisBusy, and every wait is bounded by the client-side deadline
- * (PgOptions::statement_timeout), so a server or proxy that stalls mid-reply (even
- * after an ErrorResponse) cannot hang a call. The deadline needs no session state and
- * so also works behind a transaction-pooling proxy.
+ * (PgOptions::statement_timeout, and the whole call's PgOptions::call_timeout, which
+ * also bounds waiting for a pool slot and connecting), so a server or proxy that stalls
+ * mid-reply (even after an ErrorResponse) cannot hang a call. An error result after
+ * the statement's rows (ErrorResponse after CommandComplete) fails the call. The deadline needs no
+ * session state and so also works behind a transaction-pooling proxy.
  *
  * Failures are classified in errors.cpp (kind, SQLSTATE, outcome unknown):
  *   - server error with a SQLSTATE outside class 08 / 57P0x: "<op> failed: [SQLSTATE]
@@ -174,17 +176,25 @@ connection_failure(PGconn *conn, bool sent)
 	return f;
 }
 
+/* The deadline of one statement: which option set it, for the message. */
+struct Deadline
+{
+	Clock::time_point at = Clock::time_point::max();
+	const char *option = "statement_timeout"; // or "call_timeout"
+};
+
 Failure
-timeout_failure(bool sent)
+timeout_failure(bool sent, const Deadline &deadline)
 {
 	return make_failure(FailureKind::Timeout,
-						"no reply within statement_timeout; the connection was discarded", "",
-						sent);
+						std::string("no reply within ") + deadline.option +
+							"; the connection was discarded",
+						"", sent);
 }
 
 /* Flushes what PQsend* queued, on a non-blocking connection, until deadline. */
 Outcome<void>
-flush_all(PGconn *conn, Clock::time_point deadline)
+flush_all(PGconn *conn, const Deadline &deadline)
 {
 	for (;;)
 	{
@@ -193,9 +203,10 @@ flush_all(PGconn *conn, Clock::time_point deadline)
 			return {};
 		if (r < 0)
 			return std::unexpected(connection_failure(conn, true));
-		if (auto w = detail::wait_socket(PQsocket(conn), true, true, deadline); !w)
-			return std::unexpected(w.error().kind == FailureKind::Timeout ? timeout_failure(true)
-																		  : w.error());
+		if (auto w = detail::wait_socket(PQsocket(conn), true, true, deadline.at); !w)
+			return std::unexpected(w.error().kind == FailureKind::Timeout
+									   ? timeout_failure(true, deadline)
+									   : w.error());
 		/* libpq: when the socket is read-ready, consume input before flushing again. */
 		if (PQconsumeInput(conn) == 0)
 			return std::unexpected(connection_failure(conn, true));
@@ -204,35 +215,60 @@ flush_all(PGconn *conn, Clock::time_point deadline)
 
 /*
  * Waits for the reply of a request already sent (and flushed) on conn and returns its
- * first result, after reading every result up to the end of the reply so that the
+ * first result, or its first error result when a later one is an error (an
+ * ErrorResponse after CommandComplete, e.g. a deferred constraint failing at the
+ * implicit commit: the statement's effect was rolled back, so its rows must not be
+ * believed), after reading every result up to the end of the reply so that the
  * connection is idle again. Never blocks past deadline (max() = no deadline): each
  * PQgetResult is called only when PQisBusy says it will not block.
  */
 Reply
-await_result(PGconn *conn, Clock::time_point deadline)
+await_result(PGconn *conn, const Deadline &deadline)
 {
 	PgResult first;
+	bool first_is_error = false;
 	for (;;)
 	{
 		while (PQisBusy(conn))
 		{
-			if (auto w = detail::wait_socket(PQsocket(conn), true, false, deadline); !w)
-				return std::unexpected(
-					w.error().kind == FailureKind::Timeout ? timeout_failure(true) : w.error());
+			if (auto w = detail::wait_socket(PQsocket(conn), true, false, deadline.at); !w)
+				return std::unexpected(w.error().kind == FailureKind::Timeout
+										   ? timeout_failure(true, deadline)
+										   : w.error());
 			if (PQconsumeInput(conn) == 0)
 				return std::unexpected(connection_failure(conn, true));
 		}
 		PGresult *res = PQgetResult(conn);
 		if (res == nullptr)
 			break;
-		if (!first)
+		const ExecStatusType st = PQresultStatus(res);
+		const bool is_error = st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE;
+		if (!first || (is_error && !first_is_error))
+		{
 			first.reset(res);
+			first_is_error = is_error;
+		}
 		else
 			PQclear(res);
 	}
 	if (!first)
 		return std::unexpected(connection_failure(conn, true));
 	return first;
+}
+
+/* PgOptions::call_timeout, or the default it documents when 0: acquire_timeout + the
+ * connect budget (connect_timeout, or 10 s when that is 0) + statement_timeout; no
+ * deadline when call_timeout < 0. */
+std::chrono::milliseconds
+effective_call_timeout(const PgOptions &o)
+{
+	if (o.call_timeout.count() != 0)
+		return o.call_timeout.count() > 0 ? o.call_timeout : milliseconds(0);
+	const milliseconds connect = o.connect_timeout.count() > 0
+									 ? std::chrono::duration_cast<milliseconds>(o.connect_timeout)
+									 : milliseconds(10000);
+	return std::max(o.acquire_timeout, milliseconds(0)) + connect +
+		   std::max(o.statement_timeout, milliseconds(0));
 }
 
 } // namespace
@@ -244,8 +280,9 @@ struct PgLockingPlugin::Impl
 	std::array<std::string, kStatementCount> sql;
 	std::array<std::string, kStatementCount> names;
 	NamedMode mode = NamedMode::Auto;
-	std::atomic<bool> unnamed{false};    // Auto mode switched to unnamed statements
-	std::optional<Failure> bad_conninfo; // the conninfo does not parse
+	std::atomic<bool> unnamed{false};          // Auto mode switched to unnamed statements
+	std::optional<Failure> bad_conninfo;       // the conninfo does not parse
+	std::chrono::milliseconds call_timeout{0}; // effective PgOptions::call_timeout, 0 = none
 
 	Impl(std::string conninfo, PgOptions opts)
 		: options(std::move(opts)),
@@ -261,6 +298,7 @@ struct PgLockingPlugin::Impl
 		for (unsigned i = 0; i < kStatementCount; ++i)
 			names[i] = statement_name(kOpNames[i], sql[i]);
 
+		call_timeout = effective_call_timeout(options);
 		mode = options.prepared_statements ? NamedMode::Auto : NamedMode::Off;
 		if (const char *env = std::getenv("LOCKEXT_PREPARED_STATEMENTS"))
 		{
@@ -306,19 +344,28 @@ struct PgLockingPlugin::Impl
 
 	/* Sends statement s (preparing it on this connection first if needed) and waits. */
 	Reply send_and_wait(PGconn *conn, unsigned &prepared, Statement s, const char *const *params,
-						Clock::time_point deadline, bool named)
+						const Deadline &deadline, bool named)
 	{
 		if (named && (prepared & (1u << s)) == 0)
 		{
+			/* Only a Parse (+ Sync) is sent here: whatever fails, nothing was executed,
+			 * so the outcome is known (nothing happened). */
+			auto nothing_ran = [](Failure f)
+			{
+				f.outcome_unknown = false;
+				if (f.kind == FailureKind::Timeout)
+					f.message += " while preparing the statement (nothing was executed)";
+				return std::unexpected(std::move(f));
+			};
 			if (PQsendPrepare(conn, names[s].c_str(), sql[s].c_str(), kParamCount[s], nullptr) == 0)
 				return std::unexpected(connection_failure(conn, false));
 			if (auto f = flush_all(conn, deadline); !f)
-				return std::unexpected(std::move(f.error()));
+				return nothing_ran(std::move(f.error()));
 			auto res = await_result(conn, deadline);
 			if (!res)
-				return res;
+				return nothing_ran(std::move(res.error()));
 			if (PQresultStatus(res->get()) != PGRES_COMMAND_OK)
-				return std::unexpected(failure_from(conn, res->get(), true));
+				return nothing_ran(failure_from(conn, res->get(), false));
 			prepared |= 1u << s;
 		}
 		int sent = named ? PQsendQueryPrepared(conn, names[s].c_str(), kParamCount[s], params,
@@ -366,7 +413,7 @@ struct PgLockingPlugin::Impl
 				msg += " (a lease may have been granted; it expires after its TTL)";
 			fail.message = msg + ": " + fail.message;
 		}
-		else if (broken)
+		else if (broken && fail.kind != FailureKind::Timeout)
 			fail.message = "connection failed: " + fail.message;
 		if (discard)
 		{
@@ -387,16 +434,22 @@ struct PgLockingPlugin::Impl
 			f.message = failure(kOpNames[s], f.message);
 			return std::unexpected(std::move(f));
 		}
-		auto conn = pool.acquire();
+		/* One deadline for the whole call: waiting for a pool slot, connecting (every
+		 * host) and the statement (see PgOptions::call_timeout). */
+		const auto call_deadline =
+			call_timeout.count() > 0 ? Clock::now() + call_timeout : Clock::time_point::max();
+		auto conn = pool.acquire(call_deadline);
 		if (!conn)
 		{
 			Failure f = std::move(conn.error());
 			f.message = failure(kOpNames[s], f.message);
 			return std::unexpected(std::move(f));
 		}
-		const auto deadline = options.statement_timeout.count() > 0
-								  ? Clock::now() + options.statement_timeout
-								  : Clock::time_point::max();
+		Deadline deadline;
+		if (options.statement_timeout.count() > 0)
+			deadline.at = Clock::now() + options.statement_timeout;
+		if (call_deadline < deadline.at)
+			deadline = Deadline{call_deadline, "call_timeout"};
 		PGconn *pg = (*conn)->conn.get();
 		bool named = use_named();
 		auto res = send_and_wait(pg, (*conn)->prepared, s, params, deadline, named);

@@ -276,7 +276,7 @@ quiet_and_verbose(PGconn *pg)
 } // namespace
 
 Outcome<std::unique_ptr<PgConnection>>
-PgPool::connect() const
+PgPool::connect(BootClock::time_point call_deadline) const
 {
 	auto fail = [](FailureKind kind, std::string text, std::string state = {})
 	{ return std::unexpected(make_failure(kind, "could not connect to server: " + text, state)); };
@@ -291,21 +291,34 @@ PgPool::connect() const
 	quiet_and_verbose(pg);
 	/* The conninfo, PGCONNECT_TIMEOUT or a service file may set it (PQconninfo shows the
 	 * value libpq settled on); otherwise PgOptions::connect_timeout. Per host, as in
-	 * libpq's own blocking connect. */
+	 * libpq's own blocking connect, and never past the call's deadline (call_timeout),
+	 * also when the per-host timeout is 0 (none). */
 	const auto timeout = configured_connect_timeout(pg).value_or(m_config.connect_timeout);
 	std::string timed_out; // hosts given up on, for the final message
 	for (;;)
 	{
-		const auto deadline =
+		auto deadline =
 			timeout.count() > 0 ? BootClock::now() + timeout : BootClock::time_point::max();
+		const bool call_bound = call_deadline < deadline;
+		if (call_bound)
+			deadline = call_deadline;
 		const Polled polled = poll_connect(pg, deadline);
 		if (polled == Polled::Connected)
 			break;
 		if (polled == Polled::Failed)
 		{
 			const std::string text = connect_error_text(pg);
-			const std::string state = sqlstate_of_verbose_message(text);
-			return fail(classify_connect_sqlstate(state), timed_out + text, state);
+			const ConnectClass cls = classify_connect_failure(text, PQconnectionNeedsPassword(pg));
+			return fail(cls.kind, timed_out + text, cls.sqlstate);
+		}
+		if (call_bound)
+		{
+			const char *host = PQhost(pg);
+			return fail(FailureKind::Timeout,
+						timed_out + "no connection within call_timeout" +
+							(host != nullptr && *host != '\0'
+								 ? std::string(" (connecting to host \"") + host + "\")"
+								 : std::string()));
 		}
 		const char *host = PQhost(pg);
 		timed_out += "timeout expired after " + std::to_string(timeout.count()) +
@@ -338,11 +351,25 @@ PgPool::connect() const
 }
 
 Outcome<PgPool::Borrowed>
-PgPool::acquire()
+PgPool::acquire(BootClock::time_point call_deadline)
 {
 	std::vector<std::unique_ptr<PgConnection>> dead;
 	std::unique_lock lock(m_mutex);
-	const auto deadline = std::chrono::steady_clock::now() + m_config.acquire_timeout;
+	/* The condition variable counts steady_clock: the call deadline (BootClock) is
+	 * converted by its distance from now. */
+	const auto steady_now = std::chrono::steady_clock::now();
+	auto deadline = steady_now + m_config.acquire_timeout;
+	bool call_bound = false;
+	if (call_deadline != BootClock::time_point::max())
+	{
+		const auto left = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+			call_deadline - BootClock::now());
+		if (steady_now + left < deadline)
+		{
+			deadline = steady_now + left;
+			call_bound = true;
+		}
+	}
 	for (;;)
 	{
 		if (m_closed)
@@ -365,16 +392,17 @@ PgPool::acquire()
 			break;
 		if (m_cv.wait_until(lock, deadline) == std::cv_status::timeout && m_idle.empty() &&
 			m_open >= m_config.size && !m_closed)
-			return std::unexpected(
-				make_failure(FailureKind::Timeout,
-							 "no pool connection became free within acquire_timeout (" +
+			return std::unexpected(make_failure(
+				FailureKind::Timeout,
+				call_bound ? std::string("no pool connection became free within call_timeout")
+						   : "no pool connection became free within acquire_timeout (" +
 								 std::to_string(m_config.acquire_timeout.count()) + " ms)"));
 	}
 	++m_open; // reserve the slot, then connect without holding the mutex
 	lock.unlock();
 	close_all(std::move(dead));
 
-	auto conn = connect();
+	auto conn = connect(call_deadline);
 	if (!conn)
 	{
 		give_back(nullptr, true);

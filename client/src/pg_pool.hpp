@@ -108,12 +108,14 @@ class PgPool final
 	PgPool &operator=(const PgPool &) = delete;
 
 	/* An idle connection, or a new one if fewer than size are open, waiting at most
-	 * acquire_timeout for one to come back. The failure's message has no
+	 * acquire_timeout for one to come back, and never past call_deadline (max() = none):
+	 * waiting for a slot and connecting (every host) end there, with a Timeout failure
+	 * (nothing was sent). The failure's message has no
 	 * "<op> failed: " prefix. New connections are opened with PQconnectStartParams +
 	 * PQconnectPoll under the connect timeout (see PgOptions::connect_timeout), with
 	 * verbose errors so that a server's refusal carries its SQLSTATE, and are switched
 	 * to non-blocking mode. */
-	[[nodiscard]] Outcome<Borrowed> acquire();
+	[[nodiscard]] Outcome<Borrowed> acquire(BootClock::time_point call_deadline);
 
 	/* Closes every idle connection: after one connection broke (server restart,
 	 * failover), the others to the same server are most likely broken too. */
@@ -123,7 +125,8 @@ class PgPool final
 	void close() noexcept;
 
   private:
-	[[nodiscard]] Outcome<std::unique_ptr<PgConnection>> connect() const;
+	[[nodiscard]] Outcome<std::unique_ptr<PgConnection>>
+	connect(BootClock::time_point call_deadline) const;
 	void give_back(std::unique_ptr<PgConnection> conn, bool discard) noexcept;
 
 	const PgPoolConfig m_config;

@@ -8,6 +8,8 @@
 #include <lockext/scoped_lease.hpp>
 
 #include <algorithm>
+#include <new>
+#include <system_error>
 #include <thread>
 
 #include "errors_internal.hpp"
@@ -58,11 +60,35 @@ ScopedLease::acquire(LockingPlugin &plugin, std::string_view key, std::uint64_t 
 		return std::unexpected(std::move(got.error()));
 	if (!got->has_value())
 		return std::optional<ScopedLease>{}; // contention
-	auto state = std::make_unique<State>(plugin, before + options.hold_at_least);
-	state->keeper =
-		std::make_unique<LeaseKeeper>(plugin, std::move(**got), std::move(options.on_lost),
-									  options.keeper, std::optional<BootClock::time_point>(before));
-	return std::optional<ScopedLease>(ScopedLease(std::move(state)));
+	const LockHandle granted = **got;        // for the release if the keeper cannot start
+	std::unique_ptr<State> state;
+	std::string why;
+	try
+	{
+		state = std::make_unique<State>(plugin, before + options.hold_at_least);
+		state->keeper = std::make_unique<LeaseKeeper>(plugin, std::move(**got),
+													  std::move(options.on_lost), options.keeper,
+													  std::optional<BootClock::time_point>(before));
+		return std::optional<ScopedLease>(ScopedLease(std::move(state)));
+	}
+	catch (const std::system_error &e) // std::thread could not start
+	{
+		why = e.what();
+	}
+	catch (const std::bad_alloc &)
+	{
+		why = "out of memory";
+	}
+	/* Granted but not kept alive: give the key back (best effort; otherwise it ends
+	 * with its TTL) instead of leaking a lease nobody renews. */
+	state.reset();
+	auto released = plugin.release_outcome(granted);
+	return std::unexpected(detail::make_failure(
+		FailureKind::Capacity,
+		"try_lock failed: could not start the lease keeper's thread (" + why + "); " +
+			(released ? std::string("the lease was released")
+					  : "the lease could not be released (" + released.error().message +
+							") and ends after its TTL")));
 }
 
 ScopedLease::ScopedLease(std::unique_ptr<State> state) noexcept : m_state(std::move(state)) {}
@@ -74,7 +100,7 @@ ScopedLease::operator=(ScopedLease &&other) noexcept
 {
 	if (this != &other)
 	{
-		(void) release();
+		(void) release_impl(false);
 		m_state = std::move(other.m_state);
 	}
 	return *this;
@@ -84,7 +110,7 @@ ScopedLease::~ScopedLease()
 {
 	try
 	{
-		(void) release();
+		(void) release_impl(false);
 	}
 	catch (...)
 	{
@@ -126,6 +152,12 @@ ScopedLease::hold_until() const noexcept
 Outcome<void>
 ScopedLease::release()
 {
+	return release_impl(true);
+}
+
+Outcome<void>
+ScopedLease::release_impl(bool may_block)
+{
 	if (!m_state || m_state->released)
 		return {};
 	m_state->released = true;
@@ -143,20 +175,40 @@ ScopedLease::release()
 	auto r = plugin.renew_outcome(once);
 	if (r || r.error().kind != FailureKind::BadInput || left <= held.ttl_ms)
 		return r;
-	/* The server refused that TTL (above lockext.max_ttl_ms): renew in steps of the
-	 * handle's ttl_ms until the rest fits in one, then renew once to the rest. */
+	/* The server refused that TTL (above lockext.max_ttl_ms). */
+	if (!may_block)
+	{
+		/* Destructor / move-assignment: never block for the rest of hold_at_least; keep
+		 * the key for one more ttl_ms (one renew call) and let it end then. */
+		return plugin.renew_outcome(held);
+	}
+	/* release(): renew in steps of the handle's ttl_ms until the rest fits in one, then
+	 * renew once to the rest. A failed step that is retryable is retried (every
+	 * ~ttl/10) while the lease is still known valid (send time of the last successful
+	 * renew + ttl_ms); LockLost, other failures, or the end of that validity end it. */
 	using std::chrono::milliseconds;
 	const milliseconds step(static_cast<std::int64_t>(held.ttl_ms));
+	const milliseconds retry = std::max(milliseconds(10), step / 10);
+	auto sleep_until = [](BootClock::time_point t)
+	{
+		while (BootClock::now() < t)
+			std::this_thread::sleep_for(
+				std::min<BootClock::duration>(t - BootClock::now(), milliseconds(100)));
+	};
+	BootClock::time_point valid = keeper.valid_until();
 	while ((left = ms_until(m_state->hold_until)) > held.ttl_ms)
 	{
 		const auto sent = BootClock::now();
 		if (auto renewed = plugin.renew_outcome(held); !renewed)
-			return renewed;
-		const auto wake =
-			std::min(sent + std::max(milliseconds(1), step / 3), m_state->hold_until - step);
-		while (BootClock::now() < wake)
-			std::this_thread::sleep_for(std::min<BootClock::duration>(
-				wake - BootClock::now(), std::chrono::milliseconds(100)));
+		{
+			if (!renewed.error().retryable() || BootClock::now() + retry >= valid)
+				return renewed;
+			sleep_until(BootClock::now() + retry);
+			continue;
+		}
+		valid = sent + step;
+		sleep_until(
+			std::min(sent + std::max(milliseconds(1), step / 3), m_state->hold_until - step));
 	}
 	if (left == 0)
 		return {};

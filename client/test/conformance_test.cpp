@@ -9,6 +9,9 @@
  */
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
+#include <pthread.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <chrono>
@@ -22,6 +25,7 @@
 #include <lockext/scoped_lease.hpp>
 #include <lockext/memory_locking_plugin.hpp>
 
+#include "errors_internal.hpp" // the classifier, compiled into this binary (src/errors.cpp)
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -607,4 +611,243 @@ TEST(MemoryBackend, CleanupDropsLeasesButFencesKeepIncreasing)
 	auto second = plugin.try_lock("k", 30000);
 	ASSERT_TRUE(second && second->has_value());
 	EXPECT_GT((*second)->fence, first.fence);
+}
+
+/* ---- classification of connect failures (errors.cpp, unit level) ---------------- */
+
+/* libpq's verbose connection errors, as a server with lc_messages = ru_RU / zh_CN /
+ * de_DE sends them: the severity word is localized, the SQLSTATE is not. */
+TEST(Classify, LocalizedConnectErrorsKeepTheirSqlstate)
+{
+	using lockext::FailureKind;
+	using lockext::detail::classify_connect_failure;
+	const std::pair<std::string, std::string> auth[] = {
+		{"ru", "connection to server at \"127.0.0.1\", port 5432 failed: ВАЖНО:  28P01: "
+			   "пользователь \"app\" не прошёл проверку подлинности (по паролю)"},
+		{"zh_CN", "connection to server at \"127.0.0.1\", port 5432 failed: 致命错误:  28P01: "
+				  "用户 \"app\" Password 认证失败"},
+		{"de", "Verbindung zum Server auf »127.0.0.1«, Port 5432 fehlgeschlagen: FATAL:  28P01: "
+			   "Passwort-Authentifizierung für Benutzer »app« fehlgeschlagen"},
+		{"en", "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  28P01: password "
+			   "authentication failed for user \"app\""},
+	};
+	for (const auto &[lang, text] : auth)
+	{
+		const auto c = classify_connect_failure(text, false);
+		EXPECT_EQ(c.sqlstate, "28P01") << lang;
+		EXPECT_EQ(c.kind, FailureKind::AuthFailed) << lang;
+	}
+	EXPECT_EQ(
+		classify_connect_failure("… failed: ОШИБКА:  3D000: база данных «x» не существует", false)
+			.kind,
+		FailureKind::Config);
+	EXPECT_EQ(
+		classify_connect_failure("… failed: ВАЖНО:  53300: слишком много подключений", false).kind,
+		FailureKind::Capacity);
+	EXPECT_EQ(classify_connect_failure("… failed: ВАЖНО:  57P03: система запускается", false).kind,
+			  FailureKind::Unreachable);
+	// Not a SQLSTATE: lower case, too short, no ": " after it.
+	for (const char *text : {"x failed: Connection refused", "FATAL:  28p01: no",
+							 "FATAL:  28P0: no", "FATAL:  28P01 no", "a:  ABCDE:"})
+		EXPECT_EQ(classify_connect_failure(text, false).sqlstate, "") << text;
+}
+
+/* libpq-side refusals (no SQLSTATE), with libpq's exact strings. */
+TEST(Classify, LibpqSideRefusals)
+{
+	using lockext::FailureKind;
+	using lockext::detail::classify_connect_failure;
+	EXPECT_EQ(classify_connect_failure("connection to server at \"h\", port 5432 failed: "
+									   "fe_sendauth: no password supplied",
+									   false)
+				  .kind,
+			  FailureKind::AuthFailed);
+	EXPECT_EQ(classify_connect_failure("localized text", true).kind, FailureKind::AuthFailed)
+		<< "PQconnectionNeedsPassword() decides regardless of the text";
+	for (const char *text :
+		 {"connection to server at \"h\", port 5432 failed: server does not support SSL, but SSL "
+		  "was required",
+		  "connection to server at \"h\", port 5432 failed: server doesn't support GSSAPI "
+		  "encryption, but it was required",
+		  "connection to server at \"h\", port 5432 failed: GSSAPI encryption required but was "
+		  "impossible (possibly no credential cache, no server support, or using a local "
+		  "socket)"})
+		EXPECT_EQ(classify_connect_failure(text, false).kind, FailureKind::Config) << text;
+	EXPECT_EQ(classify_connect_failure("connection to server at \"h\" (127.0.0.1), port 1 failed: "
+									   "Connection refused",
+									   false)
+				  .kind,
+			  FailureKind::Unreachable);
+}
+
+/* 25006 (read-only server) is retryable: the call after it connects anew and may reach
+ * another host (README, spec §9). */
+TEST(Classify, ReadOnlyIsRetryable)
+{
+	using lockext::FailureKind;
+	const auto kind = lockext::detail::classify_statement_sqlstate("25006");
+	EXPECT_EQ(kind, FailureKind::Unreachable);
+	EXPECT_TRUE(lockext::detail::make_failure(kind, "x", "25006").retryable());
+	EXPECT_EQ(lockext::detail::classify_connect_sqlstate("25006"), FailureKind::Unreachable);
+}
+
+/* ---- ScopedLease: keeper thread failure, hold_at_least beyond max_ttl ------------ */
+
+namespace
+{
+
+/* When set, the next pthread_create in this process fails with EAGAIN (so std::thread
+ * throws std::system_error). The real one is the next definition (libc, or a
+ * sanitizer runtime's interceptor). */
+std::atomic<bool> g_fail_next_thread{false};
+
+} // namespace
+
+extern "C" int
+pthread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*start)(void *), void *arg)
+{
+	using Fn = int (*)(pthread_t *, const pthread_attr_t *, void *(*) (void *), void *);
+	static const Fn real = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "pthread_create"));
+	if (g_fail_next_thread.exchange(false))
+		return EAGAIN;
+	return real(thread, attr, start, arg);
+}
+
+namespace
+{
+
+/* A memory backend whose next `fail_renews` renews fail with a retryable error. */
+class FlakyPlugin final : public lockext::LockingPlugin
+{
+  public:
+	explicit FlakyPlugin(lockext::MemoryOptions options) : m_inner(options) {}
+	std::string_view name() const override
+	{
+		return "flaky";
+	}
+	lockext::Result<std::optional<LockHandle>> try_lock(std::string_view key,
+														std::uint64_t ttl_ms) override
+	{
+		return m_inner.try_lock(key, ttl_ms);
+	}
+	lockext::Result<void> renew(const LockHandle &handle) override
+	{
+		return to_result(renew_outcome(handle));
+	}
+	lockext::Result<void> release(LockHandle handle) override
+	{
+		return m_inner.release(std::move(handle));
+	}
+	lockext::Outcome<std::optional<LockHandle>> try_lock_outcome(std::string_view key,
+																 std::uint64_t ttl_ms) override
+	{
+		return m_inner.try_lock_outcome(key, ttl_ms);
+	}
+	lockext::Outcome<void> renew_outcome(const LockHandle &handle) override
+	{
+		++renews;
+		if (handle.ttl_ms <= m_short_ttl && fail_renews > 0)
+		{
+			--fail_renews;
+			return std::unexpected(lockext::detail::make_failure(lockext::FailureKind::Unreachable,
+																 "renew failed: injected"));
+		}
+		return m_inner.renew_outcome(handle);
+	}
+	lockext::Outcome<void> release_outcome(LockHandle handle) override
+	{
+		++releases;
+		return m_inner.release_outcome(std::move(handle));
+	}
+	void fail_short_renews(int n, std::uint64_t up_to_ttl)
+	{
+		m_short_ttl = up_to_ttl;
+		fail_renews = n;
+	}
+
+	std::atomic<int> fail_renews{0};
+	std::atomic<int> renews{0};
+	std::atomic<int> releases{0};
+
+  private:
+	lockext::MemoryLockingPlugin m_inner;
+	std::atomic<std::uint64_t> m_short_ttl{0};
+};
+
+} // namespace
+
+/* The keeper's thread cannot start after the grant: acquire() returns a failure (it
+ * must not throw out of an Outcome-returning call) and releases the lease. */
+TEST(ScopedLeaseFailures, KeeperThreadFailureReleasesAndReturnsAFailure)
+{
+	lockext::MemoryLockingPlugin plugin;
+	g_fail_next_thread = true;
+	std::optional<lockext::Outcome<std::optional<lockext::ScopedLease>>> got;
+	try
+	{
+		got.emplace(lockext::ScopedLease::acquire(plugin, "k", 30000));
+	}
+	catch (const std::exception &e)
+	{
+		g_fail_next_thread = false;
+		FAIL() << "acquire() threw: " << e.what();
+	}
+	g_fail_next_thread = false;
+	ASSERT_FALSE(got->has_value()) << "no keeper, yet a lease was returned";
+	EXPECT_EQ(got->error().kind, lockext::FailureKind::Capacity) << got->error().message;
+	EXPECT_NE(got->error().message.find("released"), std::string::npos) << got->error().message;
+	auto again = plugin.try_lock("k", 1000);
+	ASSERT_TRUE(again.has_value()) << again.error();
+	EXPECT_TRUE(again->has_value()) << "the lease leaked: the key is still held";
+}
+
+/* hold_at_least far beyond the server's max TTL: the destructor must not block for the
+ * rest of the hold (it renews once and returns); the key stays held for one ttl_ms. */
+TEST(ScopedLeaseFailures, DestructorDoesNotBlockForALongHold)
+{
+	lockext::MemoryOptions options;
+	options.max_ttl_ms = 1000;
+	FlakyPlugin plugin(options);
+	const auto start = lockext::BootClock::now();
+	{
+		auto got = lockext::ScopedLease::acquire(
+			plugin, "k", 400, {.keeper = {}, .on_lost = {}, .hold_at_least = 5000ms});
+		ASSERT_TRUE(got && got->has_value());
+		lockext::ScopedLease other = std::move(**got);
+		auto second = lockext::ScopedLease::acquire(
+			plugin, "k2", 400, {.keeper = {}, .on_lost = {}, .hold_at_least = 5000ms});
+		ASSERT_TRUE(second && second->has_value());
+		other = std::move(**second); // move-assignment ends the first one: must not block
+		EXPECT_LT(lockext::BootClock::now() - start, 1000ms) << "move-assignment blocked";
+	} // destructor
+	EXPECT_LT(lockext::BootClock::now() - start, 1500ms) << "the destructor blocked";
+	auto held = plugin.try_lock("k2", 1000);
+	ASSERT_TRUE(held.has_value()) << held.error();
+	EXPECT_FALSE(held->has_value()) << "still held for one more ttl_ms";
+}
+
+/* release() with hold_at_least beyond max TTL renews in steps; one transient failure of
+ * a step is retried within the lease's known validity instead of ending the hold. */
+TEST(ScopedLeaseFailures, ReleaseRetriesATransientStepFailure)
+{
+	lockext::MemoryOptions options;
+	options.max_ttl_ms = 1000;
+	FlakyPlugin plugin(options);
+	const auto start = lockext::BootClock::now();
+	auto got = lockext::ScopedLease::acquire(
+		plugin, "k", 600, {.keeper = {}, .on_lost = {}, .hold_at_least = 2000ms});
+	ASSERT_TRUE(got && got->has_value());
+	plugin.fail_short_renews(1, 600);
+	auto released = (*got)->release();
+	EXPECT_TRUE(released.has_value()) << released.error().message;
+	EXPECT_EQ(plugin.fail_renews.load(), 0) << "the injected failure was not hit";
+	EXPECT_GE(lockext::BootClock::now() - start, 1300ms)
+		<< "release() should block until the rest fits";
+	auto held = plugin.try_lock("k", 1000);
+	ASSERT_TRUE(held.has_value()) << held.error();
+	EXPECT_FALSE(held->has_value()) << "the hold must continue after one transient failure";
+	std::this_thread::sleep_until(start + 2300ms);
+	auto free_now = plugin.try_lock("k", 1000);
+	ASSERT_TRUE(free_now.has_value());
+	EXPECT_TRUE(free_now->has_value()) << "the hold must end at hold_until";
 }

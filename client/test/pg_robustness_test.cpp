@@ -18,6 +18,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include <libpq-fe.h>
@@ -142,7 +143,8 @@ TEST(PgBackend, ReadOnlyReplyDropsTheConnection)
 	auto ro = pg.try_lock_outcome("ro", 1000);
 	ASSERT_FALSE(ro.has_value());
 	EXPECT_EQ(ro.error().sqlstate, "25006");
-	EXPECT_EQ(ro.error().kind, FailureKind::Config) << ro.error().message;
+	EXPECT_EQ(ro.error().kind, FailureKind::Unreachable) << ro.error().message;
+	EXPECT_TRUE(ro.error().retryable()) << "the next call moves on: retrying must be allowed";
 	EXPECT_NE(pid_of("c"), first) << "a 25006 must drop the connection from the pool";
 	EXPECT_EQ(exec_sql(*dsn, "DROP SCHEMA " + schema + " CASCADE"), "");
 }
@@ -461,4 +463,320 @@ TEST(PgBackend, GraceStatusIsReadable)
 	ASSERT_TRUE(g.has_value()) << g.error().message;
 	EXPECT_FALSE(g->active) << g->reason;
 	EXPECT_GE(g->remaining_ms, 0);
+}
+
+namespace
+{
+
+/*
+ * A fake PostgreSQL server on 127.0.0.1: for every connection it answers an SSLRequest
+ * or GSSENCRequest with 'N' (not supported), then replies to the startup packet with
+ * the scripted bytes and keeps the connection open until the client closes it.
+ */
+class FakeServer
+{
+  public:
+	explicit FakeServer(std::string reply) : m_reply(std::move(reply))
+	{
+		m_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		sockaddr_in a{};
+		a.sin_family = AF_INET;
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		bind(m_fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
+		listen(m_fd, 16);
+		socklen_t len = sizeof a;
+		getsockname(m_fd, reinterpret_cast<sockaddr *>(&a), &len);
+		m_port = ntohs(a.sin_port);
+		m_thread = std::thread([this] { run(); });
+	}
+	~FakeServer()
+	{
+		m_stop = true;
+		shutdown(m_fd, SHUT_RDWR);
+		m_thread.join();
+		close(m_fd);
+	}
+	int port() const noexcept
+	{
+		return m_port;
+	}
+
+	/* An ErrorResponse with the given (localized) severity, SQLSTATE and message. */
+	static std::string error_response(const std::string &severity, const std::string &code,
+									  const std::string &message)
+	{
+		std::string body = "S" + severity + '\0' + "VFATAL" + '\0' + "C" + code + '\0' + "M" +
+						   message + '\0' + '\0';
+		return "E" + be32(static_cast<std::uint32_t>(body.size() + 4)) + body;
+	}
+	/* AuthenticationCleartextPassword. */
+	static std::string password_request()
+	{
+		return "R" + be32(8) + be32(3);
+	}
+
+  private:
+	static std::string be32(std::uint32_t v)
+	{
+		const std::uint32_t n = htonl(v);
+		return std::string(reinterpret_cast<const char *>(&n), 4);
+	}
+	static bool read_n(int fd, char *buf, std::size_t n)
+	{
+		while (n > 0)
+		{
+			const ssize_t r = read(fd, buf, n);
+			if (r <= 0)
+				return false;
+			buf += r;
+			n -= static_cast<std::size_t>(r);
+		}
+		return true;
+	}
+	void run()
+	{
+		while (!m_stop)
+		{
+			const int c = accept(m_fd, nullptr, nullptr);
+			if (c < 0)
+				return;
+			for (;;) // startup packets: length, code, rest
+			{
+				char head[8];
+				if (!read_n(c, head, 8))
+					break;
+				std::uint32_t len, code;
+				std::memcpy(&len, head, 4);
+				std::memcpy(&code, head + 4, 4);
+				len = ntohl(len);
+				code = ntohl(code);
+				std::string rest(len > 8 ? len - 8 : 0, '\0');
+				if (!rest.empty() && !read_n(c, rest.data(), rest.size()))
+					break;
+				if (code == 80877103 || code == 80877104) // SSLRequest, GSSENCRequest
+				{
+					(void) !write(c, "N", 1);
+					continue;
+				}
+				(void) !write(c, m_reply.data(), m_reply.size());
+				char sink[256];
+				while (read(c, sink, sizeof sink) > 0)
+				{
+				}
+				break;
+			}
+			close(c);
+		}
+	}
+
+	std::string m_reply;
+	int m_fd = -1;
+	int m_port = 0;
+	std::atomic<bool> m_stop{false};
+	std::thread m_thread;
+};
+
+std::string
+fake_dsn(const FakeServer &server, const std::string &extra = "sslmode=disable")
+{
+	return "host=127.0.0.1 port=" + std::to_string(server.port()) +
+		   " dbname=postgres user=lockext_pw gssencmode=disable " + extra;
+}
+
+} // namespace
+
+/* Connect refusals from a server with localized messages (lc_messages): the severity
+ * word is translated, the SQLSTATE is what classifies. The fake server sends exactly
+ * what such a server sends, and libpq formats it. */
+TEST(PgConnect, LocalizedRefusalsAreClassifiedBySqlstate)
+{
+	const std::pair<const char *, const char *> samples[] = {
+		{"ВАЖНО", "пользователь \"lockext_pw\" не прошёл проверку подлинности (по паролю)"},
+		{"致命错误", "用户 \"lockext_pw\" Password 认证失败"},
+		{"FATAL", "password authentication failed for user \"lockext_pw\""},
+	};
+	for (const auto &[severity, text] : samples)
+	{
+		FakeServer server(FakeServer::error_response(severity, "28P01", text));
+		PgLockingPlugin pg(fake_dsn(server));
+		auto r = pg.try_lock_outcome(key(), 1000);
+		ASSERT_FALSE(r.has_value());
+		EXPECT_EQ(r.error().sqlstate, "28P01") << severity << ": " << r.error().message;
+		EXPECT_EQ(r.error().kind, FailureKind::AuthFailed) << severity << ": " << r.error().message;
+		EXPECT_FALSE(r.error().retryable());
+	}
+	FakeServer db(FakeServer::error_response("ERREUR", "3D000", "la base n'existe pas"));
+	PgLockingPlugin pg(fake_dsn(db));
+	auto r = pg.try_lock_outcome(key(), 1000);
+	ASSERT_FALSE(r.has_value());
+	EXPECT_EQ(r.error().kind, FailureKind::Config) << r.error().message;
+}
+
+/* A server that asks for a password when none is configured ("fe_sendauth: no password
+ * supplied", PQconnectionNeedsPassword) is AuthFailed; SSL required but not offered by
+ * the server is Config. Neither is worth retrying. */
+TEST(PgConnect, NoPasswordIsAuthFailedAndSslRequiredIsConfig)
+{
+	::setenv("PGPASSFILE", "/nonexistent/lockext-pgpass", 1);
+	::unsetenv("PGPASSWORD");
+	{
+		FakeServer server(FakeServer::password_request());
+		PgLockingPlugin pg(fake_dsn(server));
+		auto r = pg.try_lock_outcome(key(), 1000);
+		ASSERT_FALSE(r.has_value());
+		EXPECT_EQ(r.error().kind, FailureKind::AuthFailed) << r.error().message;
+		EXPECT_NE(r.error().message.find("no password supplied"), std::string::npos)
+			<< r.error().message;
+		EXPECT_FALSE(r.error().retryable());
+	}
+	::unsetenv("PGPASSFILE");
+	{
+		FakeServer server(FakeServer::password_request());
+		PgLockingPlugin pg(fake_dsn(server, "sslmode=require"));
+		auto r = pg.try_lock_outcome(key(), 1000);
+		ASSERT_FALSE(r.has_value());
+		EXPECT_EQ(r.error().kind, FailureKind::Config) << r.error().message;
+		EXPECT_NE(r.error().message.find("SSL"), std::string::npos) << r.error().message;
+		EXPECT_FALSE(r.error().retryable());
+	}
+}
+
+/* One deadline covers the whole call: with PGCONNECT_TIMEOUT=0 (no per-host connect
+ * timeout) and a server that accepts and never answers, a call returns a Timeout at
+ * the call deadline (default: acquire_timeout + connect_timeout + statement_timeout),
+ * and LeaseKeeper::stop() behind such a renew returns too. */
+TEST(PgConnect, CallDeadlineBoundsConnectingWithoutAConnectTimeout)
+{
+	SilentListener silent;
+	::setenv("PGCONNECT_TIMEOUT", "0", 1);
+	PgOptions options;
+	options.acquire_timeout = 200ms;
+	options.connect_timeout = 1s;
+	options.statement_timeout = 500ms; // derived call deadline: 1.7 s
+	auto pg = std::make_shared<PgLockingPlugin>(
+		"host=127.0.0.1 port=" + std::to_string(silent.port) + " dbname=postgres sslmode=disable",
+		options);
+	auto outcome = std::make_shared<lockext::Outcome<std::optional<LockHandle>>>();
+	auto start = BootClock::now();
+	const bool finished =
+		finishes_within(6s, [pg, outcome] { *outcome = pg->try_lock_outcome(key(), 1000); });
+	auto took = BootClock::now() - start;
+	ASSERT_TRUE(finished) << "try_lock hung connecting with PGCONNECT_TIMEOUT=0";
+	ASSERT_FALSE(outcome->has_value());
+	EXPECT_EQ(outcome->error().kind, FailureKind::Timeout) << outcome->error().message;
+	EXPECT_FALSE(outcome->error().outcome_unknown) << "nothing was sent";
+	EXPECT_NE(outcome->error().message.find("call_timeout"), std::string::npos)
+		<< outcome->error().message;
+	EXPECT_GE(took, 1600ms);
+	EXPECT_LT(took, 1700ms + 700ms);
+
+	// An explicit call_timeout, and the keeper's stop() behind a renew that connects.
+	options.call_timeout = 800ms;
+	auto pg2 = std::make_shared<PgLockingPlugin>(
+		"host=127.0.0.1 port=" + std::to_string(silent.port) + " dbname=postgres sslmode=disable",
+		options);
+	start = BootClock::now();
+	auto r = pg2->renew_outcome(LockHandle{key(), "00000000-0000-4000-8000-000000000000", 5000, 1});
+	took = BootClock::now() - start;
+	ASSERT_FALSE(r.has_value());
+	EXPECT_EQ(r.error().kind, FailureKind::Timeout) << r.error().message;
+	EXPECT_LT(took, 800ms + 600ms);
+	lockext::LeaseKeeperOptions ko;
+	ko.interval = 100ms;
+	auto keeper = std::make_shared<lockext::LeaseKeeper>(
+		*pg2, LockHandle{key(), "00000000-0000-4000-8000-000000000000", 5000, 1},
+		lockext::LeaseKeeper::LostCallback{}, ko, BootClock::now() - 1s);
+	std::this_thread::sleep_for(100ms); // the renew is connecting now
+	start = BootClock::now();
+	const bool stopped = finishes_within(6s, [keeper] { keeper->stop(); });
+	took = BootClock::now() - start;
+	::unsetenv("PGCONNECT_TIMEOUT");
+	ASSERT_TRUE(stopped) << "LeaseKeeper::stop() hung behind a renew that never connects";
+	EXPECT_LT(took, 800ms + 600ms);
+}
+
+/* The call deadline also caps the statement: statement_timeout 5 s, call_timeout
+ * 600 ms, a reply that stalls after CommandComplete. */
+TEST(PgStall, CallTimeoutCapsTheStatement)
+{
+	DSN_OR_SKIP(dsn);
+	StallingRelay relay(lockext::test::port_of(*dsn));
+	PgOptions options;
+	options.pool_size = 1;
+	options.statement_timeout = 5000ms;
+	options.call_timeout = 600ms;
+	PgLockingPlugin pg(relay_dsn(relay), options);
+	auto warm = pg.try_lock(key(), 1000);
+	ASSERT_TRUE(warm && warm->has_value()) << (warm ? "contention" : warm.error());
+	relay.stall_after('C');
+	const auto start = BootClock::now();
+	auto r = pg.release_outcome(**warm);
+	const auto took = BootClock::now() - start;
+	ASSERT_FALSE(r.has_value());
+	EXPECT_EQ(r.error().kind, FailureKind::Timeout) << r.error().message;
+	EXPECT_NE(r.error().message.find("call_timeout"), std::string::npos) << r.error().message;
+	EXPECT_LT(took, 600ms + 500ms);
+}
+
+/* A reply that stalls after ParseComplete (the statement was being prepared, nothing
+ * executed): a plain Timeout whose outcome is known, no "a lease may have been
+ * granted". */
+TEST(PgStall, TimeoutWhilePreparingIsNotOutcomeUnknown)
+{
+	DSN_OR_SKIP(dsn);
+	StallingRelay relay(lockext::test::port_of(*dsn));
+	PgOptions options;
+	options.pool_size = 1;
+	options.statement_timeout = 400ms;
+	options.prepared_statements = true;
+	PgLockingPlugin pg(relay_dsn(relay), options);
+	// Opens the pooled connection and prepares only release on it.
+	auto warm =
+		pg.release_outcome(LockHandle{key(), "00000000-0000-4000-8000-000000000000", 1000, 1});
+	ASSERT_TRUE(warm.has_value()) << warm.error().message;
+	relay.stall_after('1'); // ParseComplete
+	auto r = pg.try_lock_outcome(key(), 1000);
+	ASSERT_FALSE(r.has_value());
+	EXPECT_EQ(r.error().kind, FailureKind::Timeout) << r.error().message;
+	EXPECT_FALSE(r.error().outcome_unknown) << r.error().message;
+	EXPECT_EQ(r.error().message.find("outcome unknown"), std::string::npos) << r.error().message;
+	EXPECT_EQ(r.error().message.find("may have been granted"), std::string::npos)
+		<< r.error().message;
+	EXPECT_TRUE(r.error().retryable());
+	auto next = pg.try_lock(key(), 1000); // a new connection works
+	ASSERT_TRUE(next && next->has_value()) << (next ? "contention" : next.error());
+	EXPECT_TRUE(pg.release(**next).has_value());
+}
+
+/* An ErrorResponse after CommandComplete (a deferred constraint fails at the implicit
+ * commit, so the statement's effect was rolled back) fails the call; its rows must not
+ * be reported as a grant. */
+TEST(PgBackend, AnErrorAfterTheRowsFailsTheCall)
+{
+	DSN_OR_SKIP(dsn);
+	const std::string schema = "lockext_fake_late";
+	ASSERT_EQ(exec_sql(*dsn, "DROP SCHEMA IF EXISTS " + schema + " CASCADE; CREATE SCHEMA " +
+								 schema + "; CREATE TABLE " + schema +
+								 ".t (id serial PRIMARY KEY, ref int REFERENCES " + schema +
+								 ".t (id) DEFERRABLE INITIALLY DEFERRED); CREATE FUNCTION " +
+								 schema +
+								 ".try_lock(k text, t bigint, OUT lock_id uuid, OUT fence bigint, "
+								 "OUT ttl_ms bigint) LANGUAGE plpgsql AS $$ BEGIN "
+								 "INSERT INTO " +
+								 schema +
+								 ".t (ref) VALUES (-1); lock_id := gen_random_uuid(); "
+								 "fence := 1; ttl_ms := t; END $$"),
+			  "");
+	for (bool prepared : {true, false})
+	{
+		PgOptions options;
+		options.schema = schema;
+		options.prepared_statements = prepared;
+		PgLockingPlugin pg(*dsn, options);
+		auto r = pg.try_lock_outcome(key(), 1000);
+		ASSERT_FALSE(r.has_value()) << "a grant whose transaction failed at commit was reported";
+		EXPECT_EQ(r.error().sqlstate, "23503") << r.error().message;
+		EXPECT_EQ(r.error().kind, FailureKind::Server) << r.error().message;
+	}
+	EXPECT_EQ(exec_sql(*dsn, "DROP SCHEMA " + schema + " CASCADE"), "");
 }

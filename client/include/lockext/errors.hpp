@@ -38,16 +38,21 @@ enum class FailureKind
 	BadInput,
 	/* renew: the lease is no longer held under this lock_id */
 	LockLost,
-	/* could not connect (refused, DNS, timeout, server starting/shutting down): retry later */
+	/* could not connect (refused, DNS, timeout, server starting/shutting down), or the
+	 * server is read-only (25006: a standby, or a primary demoted by a failover; the
+	 * connection is dropped so that the next call connects anew): retry later */
 	Unreachable,
-	/* 28xxx at connect (wrong password, no pg_hba.conf entry, no such role) */
+	/* 28xxx at connect (wrong password, no pg_hba.conf entry, no such role), or a
+	 * password needed but none supplied */
 	AuthFailed,
 	/* malformed conninfo, no such database (3D000), extension missing (42883/3F000/42P01/
-	 * 55000), 42501, 25006 read-only/standby, 42P05/26000 pooler trouble not recovered */
+	 * 55000), 42501, 42P05/26000 pooler trouble not recovered, SSL/GSS encryption
+	 * required but not offered by the server */
 	Config,
 	/* 53xxx (53400 table full, 53300 too many connections) */
 	Capacity,
-	/* client-side deadline passed (statement_timeout, acquire_timeout), or 57014 */
+	/* client-side deadline passed (call_timeout, statement_timeout, acquire_timeout), or
+	 * 57014 */
 	Timeout,
 	/* the connection broke mid-call */
 	ConnectionLost,

@@ -22,7 +22,10 @@
  *     does not revive it, because the caller may already have stopped).
  * lost() is exact: it turns true at valid_until() even while a renew call is still
  * blocked. The on_lost callback runs once, on the keeper's thread, at most one renew
- * call late (PgOptions::statement_timeout bounds a pg renew). An exception thrown by
+ * call late. How long a renew call can take is the plugin's bound: for the pg backend
+ * PgOptions::call_timeout (default acquire_timeout + connect budget + statement_timeout,
+ * 15 s with the defaults), which covers waiting for a pool slot, connecting and the
+ * statement, but not libpq's synchronous host name resolution. An exception thrown by
  * on_lost is caught and ignored (it cannot reach anyone on the keeper's thread).
  *
  * A programming error throws std::invalid_argument from the constructor: an explicit
@@ -32,7 +35,8 @@
  *
  * Thread safety: all methods may be called from any thread. Do not destroy the keeper
  * from inside on_lost. Destroying or stop()ping the keeper does not release the lease;
- * both wait for a renew in flight (bounded by the plugin's own timeouts).
+ * both wait for a renew in flight (bounded by the plugin's own timeouts: for pg,
+ * PgOptions::call_timeout, see above).
  */
 #ifndef LOCKEXT_LEASE_KEEPER_HPP
 #define LOCKEXT_LEASE_KEEPER_HPP

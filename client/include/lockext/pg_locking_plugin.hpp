@@ -13,9 +13,11 @@
  *
  * Every wait is bounded: connecting by the connect timeout (PQconnectStartParams +
  * PQconnectPoll), a statement by statement_timeout (non-blocking libpq, poll(2)), the
- * pool by acquire_timeout. Failures are classified once (lockext/errors.hpp): connect
- * refusals carry the server's SQLSTATE (28P01, 3D000, 53300, ...), others are
- * Unreachable; a 25006 reply drops the connection and the pool's idle ones.
+ * pool by acquire_timeout, and the whole call (pool + connect + statement) by
+ * call_timeout, except libpq's synchronous host name resolution. Failures are classified once
+ * (lockext/errors.hpp): connect refusals carry the server's SQLSTATE (28P01, 3D000, 53300, ...),
+ * others are Unreachable; a 25006 reply (read-only server) is Unreachable, i.e. retryable, and
+ * drops the connection and the pool's idle ones so the next call connects anew.
  */
 #ifndef LOCKEXT_PG_LOCKING_PLUGIN_HPP
 #define LOCKEXT_PG_LOCKING_PLUGIN_HPP
@@ -48,6 +50,19 @@ struct PgOptions
 	std::chrono::milliseconds statement_timeout{5000};
 	/* How long a call waits for a free pool connection before it fails. */
 	std::chrono::milliseconds acquire_timeout{5000};
+	/* Client-side deadline for the whole call: waiting for a pool slot, connecting
+	 * (every host of a multi-host conninfo, also when the per-host connect timeout is 0
+	 * = none, e.g. PGCONNECT_TIMEOUT=0) and the statement. When it passes, the call
+	 * fails with FailureKind::Timeout (before anything was sent: outcome known). The
+	 * three timeouts above still apply within it.
+	 * 0 (default) = acquire_timeout + connect budget + statement_timeout, where the
+	 * connect budget is connect_timeout, or 10 s when connect_timeout is 0 (15 s with
+	 * the defaults); a conninfo whose connects may legitimately take longer (several
+	 * silent hosts, a large connect_timeout in the conninfo) needs a larger value.
+	 * Negative = no call deadline (only the three timeouts above).
+	 * Not covered: host name resolution, which libpq does synchronously inside
+	 * PQconnectPoll (getaddrinfo); use hostaddr= or a local resolver to bound it. */
+	std::chrono::milliseconds call_timeout{0};
 	/* true (default): named prepared statements (one Parse per connection) until the
 	 * first 42P05/26000 for one of this plugin's statements shows a transaction-pooling
 	 * proxy (PgBouncer < 1.21) in between; the plugin then switches to unnamed

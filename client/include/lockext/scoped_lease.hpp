@@ -14,10 +14,23 @@
  * asks for exactly the remaining time, so the server keeps the key until
  * acquired_at + hold_at_least and a host that starts the same job late sees
  * contention. If the server refuses that TTL as too long (above lockext.max_ttl_ms,
- * FailureKind::BadInput), release() keeps renewing in steps of the handle's ttl_ms and
- * blocks until the remaining time fits in one such step, then renews once to it.
+ * FailureKind::BadInput):
+ *   - release() keeps renewing in steps of the handle's ttl_ms and blocks until the
+ *     remaining time fits in one such step, then renews once to it. A retryable failure
+ *     of a step (Unreachable, Timeout, ...) is retried every ~ttl_ms/10 while the lease
+ *     is still known valid; LockLost, another failure or the end of that validity ends
+ *     the hold and is returned.
+ *   - the destructor and move-assignment never block for the rest of hold_at_least:
+ *     they renew once more to the handle's ttl_ms, so the key is kept for at least
+ *     min(hold_at_least, ttl_ms) more, not until hold_until(). Call release() first
+ *     for the full hold. They block at most for the keeper's renew in flight plus two
+ *     renew calls (for pg, each bounded by PgOptions::call_timeout).
  * A lease already lost is not renewed. Errors of that final renew are returned by
  * release() and swallowed by the destructor (the lease then ends with its last TTL).
+ *
+ * If the keeper's thread cannot be started after the grant (std::system_error,
+ * std::bad_alloc), acquire() releases the lease (best effort) and returns a
+ * FailureKind::Capacity failure; it does not throw.
  *
  * Thread safety: const members may be called from any thread; release(), moves and
  * destruction must not race with other calls on the same object. The plugin must
@@ -87,6 +100,7 @@ class LOCKEXT_CLIENT_API ScopedLease final
   private:
 	struct State;
 	explicit ScopedLease(std::unique_ptr<State> state) noexcept;
+	[[nodiscard]] Outcome<void> release_impl(bool may_block);
 	std::unique_ptr<State> m_state;
 };
 
