@@ -85,15 +85,18 @@ own_resume() {
 #   STALL_OK=1 if the measurement worked, STALL_WHY otherwise
 #   STALL_AHEAD_MS  = server-side expiry − the time the command was dead (> 0 is safe)
 #   STALL_STATUS    = lockext-run's exit status, STALL_SECOND = the second holder's
+#   STALL_EXIT_MS   = how long after the command's death lockext-run exited while the
+#                     server was still stopped ("" if it was still running at the end)
 STALL_OK=0
 STALL_WHY=""
 STALL_AHEAD_MS=""
 STALL_STATUS=""
 STALL_SECOND=""
+STALL_EXIT_MS=""
 stall_once() {
     local run=$1 key=$2 ttl=$3 stall=$4 dir p cp r0 r e dead t_end
     dir=$(mktemp -d /tmp/lockext-stall.XXXXXX)
-    STALL_OK=0 STALL_WHY="" STALL_AHEAD_MS="" STALL_STATUS="" STALL_SECOND=""
+    STALL_OK=0 STALL_WHY="" STALL_AHEAD_MS="" STALL_STATUS="" STALL_SECOND="" STALL_EXIT_MS=""
     "$run" -d "$OWN_DSN" -k "$key" -t "$ttl" -- \
         sh -c "trap '' TERM; echo \$\$ >'$dir/pid'; while :; do sleep 0.05; done" 2>"$dir/err" &
     p=$!
@@ -137,6 +140,15 @@ stall_once() {
             break
         fi
         sleep 0.01
+    done
+    # Then when lockext-run itself exits (a zombie: it is our child), server still stopped.
+    while [ -n "$dead" ] && [ "$(lib_now_ms)" -lt "$t_end" ]; do
+        st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$p/status" 2>/dev/null)
+        if [ -z "$st" ] || [ "$st" = Z ]; then
+            STALL_EXIT_MS=$(($(lib_now_ms) - dead))
+            break
+        fi
+        sleep 0.02
     done
     while [ "$(lib_now_ms)" -lt "$t_end" ]; do sleep 0.1; done
     own_resume

@@ -53,6 +53,20 @@ else
     not_ok "server stall" "$STALL_WHY"
 fi
 
+# ---- the exit path is bounded: the release cannot be answered while the server stalls --
+# The command is killed at the margin; lockext-run must not wait for the stalled server
+# (a renew to join, then a connect for the release): it exits with 70 within ~2 s and
+# leaves the lease to expire on the server.
+if stall_once "$RUN" stall-2 3s 9; then
+    if [ -n "$STALL_EXIT_MS" ] && [ "$STALL_EXIT_MS" -lt 3500 ] && [ "$STALL_STATUS" = 70 ]; then
+        ok "server stopped: lockext-run exits $STALL_EXIT_MS ms after the command was killed (bound 3.5 s), exit 70, without waiting for the server"
+    else
+        not_ok "bounded exit while the server stalls" "exited ${STALL_EXIT_MS:-not within 9 s} ms after the command died, status $STALL_STATUS"
+    fi
+else
+    not_ok "bounded exit while the server stalls" "$STALL_WHY"
+fi
+
 # ---- grace period: refused with its reason, not "held by someone else" --------------
 # A backend killed with SIGKILL makes the postmaster reinitialise shared memory: a crash
 # restart, after which lockext holds grants back for recovery_grace_ms.

@@ -378,10 +378,157 @@ else
     not_ok "lost lease with stderr a closed pipe" "the command did not start"
     kill "$p" 2>/dev/null
 fi
+# ---- a stalled stderr reader (… 2>&1 | sleep 60) does not keep the command alive ------
+# The command fills the pipe (64 KiB) and ignores SIGTERM; lockext-run's diagnostics
+# then cannot be written: the SIGKILL must still come before the lease ends on the server.
+k=$(key stall-reader)
+rm -f "$T/tree.pid" "$T/reader.pid"
+(
+    setsid "$RUN" -d "$DSN" -k "$k" -t 3s -- sh -c "echo \$\$ >'$T/tree.pid'; head -c 65536 /dev/zero >&2; trap '' TERM; while :; do sleep .2; done" 2>&1 |
+        sh -c "echo \$\$ >'$T/reader.pid'; exec sleep 30"
+) 2>/dev/null &
+p=$!
+echo "$p" >>"$T/cleanup"
+if wait_file "$T/tree.pid"; then
+    sp=$(cat "$T/tree.pid")
+    echo "$sp" >>"$T/cleanup"
+    sleep 1.2
+    e=$(sql "SELECT (extract(epoch FROM expires_at) * 1000)::bigint FROM lockext_leases WHERE key = '$k'")
+    sql "SELECT lockext_force_release('$k')" >/dev/null
+    dead=""
+    t_end=$(($(now_ms) + 6000))
+    while [ "$(now_ms)" -lt "$t_end" ]; do
+        st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$sp/status" 2>/dev/null)
+        if [ -z "$st" ] || [ "$st" = Z ]; then
+            dead=$(now_ms)
+            break
+        fi
+        sleep 0.02
+    done
+    "$RUN" -d "$DSN" -k "$k" -t 2s -q -- true
+    s2=$?
+    check "stderr a pipe whose reader stalled: the command (pid $sp, ignores SIGTERM) is dead before the server-side expiry (${e:-?} - ${dead:-never} ms)" \
+        '[ -n "$dead" ] && [ -n "$e" ] && [ "$dead" -lt "$e" ] && [ "$s2" = 0 ]'
+    kill -KILL "$sp" 2>/dev/null
+else
+    not_ok "stderr a pipe whose reader stalled" "the command did not start"
+fi
+rp=$(cat "$T/reader.pid" 2>/dev/null)
+[ -n "$rp" ] && kill -KILL "$rp" 2>/dev/null
+wait "$p" 2>/dev/null
 "$RUN" -d "$DSN" -k "$k" -t 2s -- sh -c 'sed -n "s/^SigIgn:[[:space:]]*//p" /proc/$$/status' >"$T/sigign-pipe"
 m=$(cat "$T/sigign-pipe")
 check "the command gets SIGPIPE's default disposition back (SigIgn $m)" \
     '[ -n "$m" ] && [ $(( 16#$m & (1 << 12) )) = 0 ]'
+
+# ---- job-control stops: the command never runs on while renewals are stopped --------
+# The command ignores SIGTERM. lockext-run is started in a process group of its own
+# (like a shell's job; perl does the setpgid), a child of this shell, so that the group
+# is not orphaned (the kernel discards SIGTSTP sent to an orphaned group).
+own_group() { exec perl -e 'setpgrp(0, 0) or die "setpgrp: $!"; exec { $ARGV[0] } @ARGV or die "exec: $!"' "$@"; }
+# pstate PID: the State letter of PID ("" when gone).
+pstate() { sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null; }
+stop_case() {
+    local sig=$1 k p sp st s s2 r1 r2
+    k=$(key "stop$sig")
+    rm -f "$T/tree.pid"
+    own_group "$RUN" -d "$DSN" -k "$k" -t 1500ms -- \
+        sh -c "echo \$\$ >'$T/tree.pid'; trap '' TERM; while :; do sleep 0.1; done" 2>"$T/stop$sig.err" &
+    p=$!
+    echo "$p" >>"$T/cleanup"
+    if ! wait_file "$T/tree.pid"; then
+        not_ok "SIG$sig to lockext-run's group" "the command did not start"
+        kill -KILL "$p" 2>/dev/null
+        return
+    fi
+    sp=$(cat "$T/tree.pid")
+    echo "$sp" >>"$T/cleanup"
+    sleep 0.3
+    kill -"$sig" -- -"$p"
+    sleep 0.5
+    st=$(pstate "$sp")
+    sleep 1.8 # past the TTL: without renewals the lease has ended on the server
+    r1=$(pstate "$sp")
+    "$RUN" -d "$DSN" -k "$k" -t 1s -q -- true
+    s2=$?
+    r2=$(pstate "$sp")
+    # Running (S or R) is fine only while the lease is still held (renewed).
+    check "SIG$sig to lockext-run's process group: the command (pid $sp) is stopped or renewed, never running without the lease (states $st $r1 $r2, second holder $s2)" \
+        '{ [ "$st" = T ] && [ "$r1" = T ] && [ "$r2" = T ]; } || { [ "$s2" = 1 ] && [ "$r1" != T ]; }'
+    kill -CONT -- -"$p"
+    if [ "$s2" = 1 ]; then
+        # still held: the command goes on; take the lease away to end it
+        sleep 0.3
+        r1=$(pstate "$sp")
+        sql "SELECT lockext_force_release('$k')" >/dev/null
+        wait "$p"
+        s=$?
+        check "SIG$sig, then SIGCONT: the command ran on under the lease ($r1), exit 70 once it was lost ($s)" \
+            '[ -n "$r1" ] && [ "$r1" != T ] && [ "$r1" != Z ] && [ "$s" = 70 ] && gone "$sp" 0'
+    else
+        # the lease ran out while stopped: the command is killed, still stopped
+        wait "$p"
+        s=$?
+        check "SIG$sig, lease ran out while stopped, then SIGCONT: the command is killed, exit 70 ($s)" \
+            '[ "$s" = 70 ] && gone "$sp" 0 && grep -q "lost while" "$T/stop$sig.err"'
+    fi
+}
+stop_case STOP
+stop_case TSTP
+stop_case TTIN
+# A short stop: continued within the TTL, the command resumes and ends normally.
+k=$(key tstp-short)
+rm -f "$T/tree.pid"
+own_group "$RUN" -d "$DSN" -k "$k" -t 3s -- \
+    sh -c "echo \$\$ >'$T/tree.pid'; sleep 1.5; exit 5" 2>"$T/tstp.err" &
+p=$!
+echo "$p" >>"$T/cleanup"
+if wait_file "$T/tree.pid"; then
+    sp=$(cat "$T/tree.pid")
+    sleep 0.2
+    kill -TSTP -- -"$p"
+    sleep 0.4
+    st=$(pstate "$sp")
+    kill -CONT -- -"$p"
+    sleep 0.2
+    r1=$(pstate "$sp")
+    wait "$p"
+    s=$?
+    check "SIGTSTP, SIGCONT within the TTL: the command was stopped ($st), resumed ($r1) and ended normally (exit $s)" \
+        '[ "$st" = T ] && [ -n "$r1" ] && [ "$r1" != T ] && [ "$s" = 5 ]'
+else
+    not_ok "SIGTSTP, SIGCONT within the TTL" "the command did not start"
+    kill -KILL "$p" 2>/dev/null
+fi
+# The supervising process stopped by someone (kill -STOP, a debugger): the front stops
+# the command's tree at once; once the supervisor runs again it kills the tree if the
+# lease ended meanwhile (exit 70).
+k=$(key supstop)
+rm -f "$T/tree.pid"
+"$RUN" -d "$DSN" -k "$k" -t 1500ms -- \
+    sh -c "echo \$\$ >'$T/tree.pid'; trap '' TERM; while :; do sleep 0.1; done" 2>"$T/supstop.err" &
+p=$!
+echo "$p" >>"$T/cleanup"
+if wait_file "$T/tree.pid"; then
+    sp=$(cat "$T/tree.pid")
+    echo "$sp" >>"$T/cleanup"
+    sup=$(cat /proc/"$p"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -vx "$sp" | head -n 1)
+    kill -STOP "$sup"
+    sleep 0.5
+    st=$(pstate "$sp")
+    sleep 1.8
+    "$RUN" -d "$DSN" -k "$k" -t 1s -q -- true
+    s2=$?
+    r1=$(pstate "$sp")
+    kill -CONT "$sup"
+    wait "$p"
+    s=$?
+    check "SIGSTOP of the supervising process: the command is stopped ($st, $r1, second holder $s2), killed after SIGCONT, exit 70 ($s)" \
+        '[ "$st" = T ] && [ "$r1" = T ] && [ "$s" = 70 ] && gone "$sp" 0'
+else
+    not_ok "SIGSTOP of the supervising process" "the command did not start"
+    kill -KILL "$p" 2>/dev/null
+fi
 
 # ---- signals ignored on entry stay ignored and are not forwarded ---------------------
 k=$(key nohup)

@@ -28,12 +28,18 @@
  * Signals: the forwarded signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, minus
  * those ignored on entry) and SIGCHLD are blocked in every thread (before the keeper
  * thread starts, which inherits the mask) and read from a signalfd by the main thread;
- * SIGPIPE is ignored (the command gets its entry disposition back). Deadlines are on
+ * SIGPIPE is ignored (the command gets its entry disposition back). SIGTSTP, SIGTTIN and
+ * SIGTTOU are caught the same way and relayed (the tree is stopped before lockext-run),
+ * SIGCONT is read by the supervisor (it checks the lease before continuing the tree); the
+ * supervisor has a process group of its own. Every diagnostic goes through diag.hpp
+ * (never blocks on stderr), and after the command is reaped its process-group id is no
+ * longer signalled (the id may be reused). Deadlines are on
  * CLOCK_BOOTTIME: a timerfd on that clock wakes the main loop, so a host that was
  * suspended past a deadline acts on it at once after resume. Exit statuses: usage() and
  * client/README.md; they are decided on lockext::Failure's kind and SQLSTATE, never on
  * message text.
  */
+#include "diag.hpp"
 #include "process_tree.hpp"
 #include "run_options.hpp"
 
@@ -48,6 +54,10 @@
 #include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <memory>
+#include <thread>
 
 #include <algorithm>
 #include <cerrno>
@@ -72,12 +82,13 @@ namespace
 using Clock = lockext::LeaseKeeper::Clock;
 static_assert(std::is_same_v<Clock, lockext::BootClock>, "lockext-run's deadlines are BOOTTIME");
 
+/* "lockext-run: " + fmt with what; through diag (never blocks on stderr). */
 void
 complain(const char *fmt, const std::string &what)
 {
-	std::fprintf(stderr, "%s: ", g_prog);
-	std::fprintf(stderr, fmt, what.c_str());
-	std::fputc('\n', stderr);
+	char buf[1536];
+	std::snprintf(buf, sizeof buf, fmt, what.c_str());
+	diag::printf("%s: %s", g_prog, buf);
 }
 
 long long
@@ -131,18 +142,34 @@ report_failure(const lockext::Failure &f)
 							 "search_path / schema it was created in)");
 }
 
-/* Reads pending signals; returns the forwardable ones in order (SIGCHLD only wakes).
- * With from != 0 only signals sent by process `from` count (the supervisor takes its
- * signals from the front process, which forwards everything it gets: a signal sent to
- * the whole process group reaches both, and must be passed on once). */
-std::vector<int>
+/* Pending signals, read from a signalfd (SIGCHLD only wakes). */
+struct Pending
+{
+	std::vector<int> forwarded; // forwardable signals, in order
+	std::vector<int> stops;     // SIGTSTP, SIGTTIN, SIGTTOU (from anyone)
+	bool cont = false;          // SIGCONT (from anyone; supervisor only)
+};
+
+/* Reads pending signals. With from != 0 only forwardable signals sent by process `from`
+ * count (the supervisor takes them from the front process, which forwards everything it
+ * gets, so that a signal sent to several of lockext-run's processes is passed on once). */
+Pending
 drain_signals(int sfd, pid_t from = 0)
 {
-	std::vector<int> out;
+	Pending out;
 	signalfd_siginfo info;
 	while (read(sfd, &info, sizeof info) == static_cast<ssize_t>(sizeof info))
-		if (info.ssi_signo != SIGCHLD && (from == 0 || static_cast<pid_t>(info.ssi_pid) == from))
-			out.push_back(static_cast<int>(info.ssi_signo));
+	{
+		const int sig = static_cast<int>(info.ssi_signo);
+		if (sig == SIGCHLD)
+			continue;
+		if (sig == SIGCONT)
+			out.cont = true;
+		else if (is_stop_signal(sig))
+			out.stops.push_back(sig);
+		else if (from == 0 || static_cast<pid_t>(info.ssi_pid) == from)
+			out.forwarded.push_back(sig);
+	}
 	return out;
 }
 
@@ -152,7 +179,20 @@ struct Front
 {
 	pid_t pid = 0;
 	int fd = -1;
+	pid_t pgrp = 0; // the front's process group: lockext-run's job (the supervisor has its own)
+	int suspend_fd = -1; // a byte written here before the supervisor stops itself
 };
+
+/* Stops the supervisor (SIGSTOP), telling the front first that it did so itself: the
+ * front then stops too (the shell sees the job stopped) and continues the supervisor when
+ * it is continued. */
+void
+stop_self(const Front &front)
+{
+	const char byte = 1;
+	(void) !write(front.suspend_fd, &byte, 1);
+	(void) kill(getpid(), SIGSTOP);
+}
 
 /* Sleeps in poll() on fds until `when` or until one of them is ready, at most 1 s. The
  * wake-up comes from tfd, a timerfd on CLOCK_BOOTTIME, so time spent suspended counts
@@ -230,10 +270,10 @@ acquire(lockext::PgLockingPlugin &locks, const Options &o, int sfd, int tfd, con
 		}
 		if (r->has_value())
 		{
-			if (auto sigs = drain_signals(sfd, front.pid); !sigs.empty())
+			if (auto sigs = drain_signals(sfd, front.pid); !sigs.forwarded.empty())
 			{
 				(void) locks.release(**r);
-				exit_status = 128 + sigs.back();
+				exit_status = 128 + sigs.forwarded.back();
 				return std::nullopt;
 			}
 			return **r;
@@ -252,11 +292,14 @@ acquire(lockext::PgLockingPlugin &locks, const Options &o, int sfd, int tfd, con
 		while (Clock::now() < wake)
 		{
 			wait_until(fds, tfd, wake);
-			if (auto sigs = drain_signals(sfd, front.pid); !sigs.empty())
+			auto sigs = drain_signals(sfd, front.pid);
+			if (!sigs.forwarded.empty())
 			{
-				exit_status = 128 + sigs.back();
+				exit_status = 128 + sigs.forwarded.back();
 				return std::nullopt;
 			}
+			if (!sigs.stops.empty())
+				stop_self(front); // no command yet: just stop (the front follows)
 			if (fds[1].revents != 0)
 			{
 				exit_status = 128 + SIGKILL; // the front process was killed
@@ -267,19 +310,6 @@ acquire(lockext::PgLockingPlugin &locks, const Options &o, int sfd, int tfd, con
 	}
 }
 
-/* ^Z at the terminal stopped the command: stop lockext-run too (so the shell sees its
- * job stopped), and on SIGCONT give the terminal back (if we are in the foreground
- * again) and continue the command's group. */
-void
-suspend_with_command(int tty, pid_t pgid)
-{
-	(void) tcsetpgrp(tty, getpgrp());
-	(void) kill(getpid(), SIGSTOP);
-	if (tcgetpgrp(tty) == getpgrp())
-		(void) tcsetpgrp(tty, pgid);
-	(void) kill(-pgid, SIGCONT);
-}
-
 struct Ending
 {
 	int wstatus = 0;
@@ -288,7 +318,15 @@ struct Ending
 };
 
 /* Runs until the command and every descendant have ended, stopping them when the lease
- * is lost or about to end. */
+ * is lost or about to end.
+ *
+ * Job control: a ^Z at the terminal stops the command's group; a SIGTSTP, SIGTTIN or
+ * SIGTTOU sent to lockext-run is relayed (the front passes it on): either way the whole
+ * tree is stopped (SIGSTOP) first, then the supervisor stops itself, and the front
+ * follows so that the shell sees the job stopped. On SIGCONT (fg, bg, kill -CONT; the
+ * front continues the supervisor when it is continued itself) the lease is checked
+ * first: still valid, the tree is continued (and given the terminal again if the job is
+ * in the foreground); ended meanwhile, the still stopped tree is killed (exit 70). */
 Ending
 supervise(const Options &o, lockext::LeaseKeeper &keeper, pid_t child, int sfd, int lost_fd,
 		  int tfd, int tty, const Front &front)
@@ -301,6 +339,37 @@ supervise(const Options &o, lockext::LeaseKeeper &keeper, pid_t child, int sfd, 
 	bool done = false, stopping = false, killed = false, front_died = false;
 	Clock::time_point stop_sent{}, kill_sent{};
 	std::optional<Clock::time_point> done_at;
+	// The command's process group may be signalled only until the command is reaped
+	// (see signal_tree()); after that, only the descendant walk.
+	const auto group = [&] { return done ? 0 : child; };
+	// The lease ended (or is about to) while the tree was stopped: kill it, still stopped.
+	const auto resume_or_kill = [&](const char *while_what)
+	{
+		const auto now = Clock::now();
+		if (killed)
+			return;
+		if (keeper.lost() || now >= keeper.valid_until() - margin)
+		{
+			kill_tree(group());
+			killed = stopping = end.lost = true;
+			kill_sent = now;
+			diag::printf("%s: lease '%s' lost while %s: SIGKILL to the stopped command", g_prog,
+						 key.c_str(), while_what);
+			return;
+		}
+		if (tty >= 0 && !done && tcgetpgrp(tty) == front.pgrp)
+			(void) tcsetpgrp(tty, child);
+		signal_tree(group(), SIGCONT);
+	};
+	// Stops the tree, then the supervisor itself (the front sees it and stops too).
+	const auto suspend = [&]
+	{
+		signal_tree(group(), SIGSTOP);
+		if (tty >= 0)
+			(void) tcsetpgrp(tty, front.pgrp);
+		stop_self(front);
+		resume_or_kill("lockext-run was stopped");
+	};
 	// Processes still alive this long after the command ended are stragglers (shorter
 	// lived ones were just dying with it, e.g. of the same forwarded signal).
 	constexpr milliseconds kStragglerDelay{100};
@@ -308,8 +377,9 @@ supervise(const Options &o, lockext::LeaseKeeper &keeper, pid_t child, int sfd, 
 	{
 		bool stopped = false;
 		reap(child, tty >= 0 && !stopping, done, end.wstatus, stopped);
-		if (stopped && !done && !stopping)
-			suspend_with_command(tty, child);
+		// (a stale report, of a stop that is over, is ignored)
+		if (stopped && !done && !stopping && is_stopped(child))
+			suspend(); // ^Z at the terminal
 		const auto tree = descendants();
 		if (done && tree.empty())
 			break;
@@ -332,21 +402,21 @@ supervise(const Options &o, lockext::LeaseKeeper &keeper, pid_t child, int sfd, 
 					  " ms (" + keeper.lost_reason().value_or("renewals fail") + ")";
 			if (!why.empty())
 			{
-				// Signal first, log after: a closed stderr cannot delay the stop.
-				signal_tree(child, SIGTERM);
+				// Signal first, log after (diag never blocks: a stalled stderr reader
+				// cannot delay the SIGKILL either).
+				signal_tree(group(), SIGTERM);
 				stopping = true;
 				end.lost = true;
 				stop_sent = now;
-				std::fprintf(stderr, "%s: lease '%s' lost: %s; stopping the command (SIGTERM)\n",
-							 g_prog, key.c_str(), why.c_str());
+				diag::printf("%s: lease '%s' lost: %s; stopping the command (SIGTERM)", g_prog,
+							 key.c_str(), why.c_str());
 			}
 			else if (done && now >= *done_at + kStragglerDelay)
 			{
-				signal_tree(child, SIGTERM);
+				signal_tree(0, SIGTERM);
 				stopping = true;
 				stop_sent = now;
-				std::fprintf(stderr,
-							 "%s: the command ended but left %zu process(es) running: SIGTERM\n",
+				diag::printf("%s: the command ended but left %zu process(es) running: SIGTERM",
 							 g_prog, tree.size());
 			}
 		}
@@ -354,25 +424,24 @@ supervise(const Options &o, lockext::LeaseKeeper &keeper, pid_t child, int sfd, 
 		{
 			// lockext-run (the front process) was killed with SIGKILL: end everything at
 			// once, then release.
-			kill_tree(child);
+			kill_tree(group());
 			killed = stopping = true;
 			kill_sent = now;
 			fds[2].fd = -1;
-			std::fprintf(stderr, "%s: lockext-run was killed: SIGKILL to the command\n", g_prog);
+			diag::printf("%s: lockext-run was killed: SIGKILL to the command", g_prog);
 		}
 		if (stopping && !killed && now >= std::min(stop_sent + o.kill_after, kill_by))
 		{
-			kill_tree(child);
+			kill_tree(group());
 			killed = true;
 			kill_sent = now;
-			std::fprintf(stderr, "%s: the command did not stop %s: SIGKILL\n", g_prog,
+			diag::printf("%s: the command did not stop %s: SIGKILL", g_prog,
 						 now >= kill_by ? "before the safety margin" : "within --kill-after");
 		}
 		if (killed && now - kill_sent >= std::chrono::seconds(5))
 		{
-			std::fprintf(stderr,
-						 "%s: %zu process(es) did not end 5 s after SIGKILL (uninterruptible "
-						 "sleep?), first pid %d; leaving the lease to expire\n",
+			diag::printf("%s: %zu process(es) did not end 5 s after SIGKILL (uninterruptible "
+						 "sleep?), first pid %d; leaving the lease to expire",
 						 g_prog, tree.size(), tree.empty() ? 0 : static_cast<int>(tree.front()));
 			end.stuck = true;
 			break;
@@ -388,13 +457,23 @@ supervise(const Options &o, lockext::LeaseKeeper &keeper, pid_t child, int sfd, 
 			next = std::min(next, std::min(stop_sent + o.kill_after, kill_by));
 		else
 		{
-			kill_tree(child); // again: whatever was re-parented to us meanwhile
+			kill_tree(group()); // again: whatever was re-parented to us meanwhile
 			next = now + milliseconds(20);
 		}
 		wait_until(fds, tfd, next);
 		if (fds[0].revents & POLLIN)
-			for (int sig : drain_signals(sfd, front.pid))
-				(void) kill(-child, sig); // the group outlives its leader while members remain
+		{
+			const Pending sigs = drain_signals(sfd, front.pid);
+			for (int sig : sigs.forwarded)
+				if (!done)
+					(void) kill(-child, sig); // the command's group (not yet reaped: its own)
+				else
+					signal_tree(0, sig); // the group's id may be reused: the walk only
+			if (!sigs.stops.empty() && !killed)
+				suspend();
+			else if (sigs.cont)
+				resume_or_kill("lockext-run was stopped"); // e.g. after a SIGSTOP to it
+		}
 		if (fds[2].fd >= 0 && fds[2].revents != 0)
 			front_died = true;
 		if (fds[1].revents & POLLIN)
@@ -406,7 +485,7 @@ supervise(const Options &o, lockext::LeaseKeeper &keeper, pid_t child, int sfd, 
 		}
 	}
 	if (tty >= 0)
-		(void) tcsetpgrp(tty, getpgrp());
+		(void) tcsetpgrp(tty, front.pgrp);
 	return end;
 }
 
@@ -424,14 +503,14 @@ hold_until(lockext::PgLockingPlugin &locks, lockext::LeaseKeeper &keeper, const 
 		return false;
 	std::vector<pollfd> fds{{sfd, POLLIN, 0}, {front.fd, POLLIN, 0}};
 	if (o.verbose)
-		std::fprintf(stderr, "%s: holding '%s' for %lld ms more (--hold-at-least)\n", g_prog,
-					 o.key.c_str(), ms_of(until - Clock::now()));
+		diag::printf("%s: holding '%s' for %lld ms more (--hold-at-least)", g_prog, o.key.c_str(),
+					 ms_of(until - Clock::now()));
 	bool interrupted = false;
 	while (!interrupted && !keeper.lost() && until - Clock::now() > o.ttl)
 	{
 		wait_until(fds, tfd, until - o.ttl);
 		if (fds[0].revents & POLLIN)
-			interrupted = !drain_signals(sfd, front.pid).empty();
+			interrupted = !drain_signals(sfd, front.pid).forwarded.empty();
 		if (fds[1].revents != 0)
 			interrupted = true;
 	}
@@ -450,8 +529,8 @@ hold_until(lockext::PgLockingPlugin &locks, lockext::LeaseKeeper &keeper, const 
 	if (auto r = locks.renew_outcome(h); !r)
 		complain("warning: could not hold the lease for --hold-at-least: %s", r.error().message);
 	else if (o.verbose)
-		std::fprintf(stderr, "%s: '%s' held for another %lld ms, not released\n", g_prog,
-					 o.key.c_str(), static_cast<long long>(rest.count()));
+		diag::printf("%s: '%s' held for another %lld ms, not released", g_prog, o.key.c_str(),
+					 static_cast<long long>(rest.count()));
 	return true;
 }
 
@@ -468,15 +547,93 @@ plugin_options(const Options &o)
 										 milliseconds(250), milliseconds(5000));
 	popts.prepared_statements = o.prepared_statements != "off";
 	popts.on_log = [](std::string_view line)
-	{ std::fprintf(stderr, "%s: %.*s\n", g_prog, static_cast<int>(line.size()), line.data()); };
+	{ diag::printf("%s: %.*s", g_prog, static_cast<int>(line.size()), line.data()); };
+	// A connect (e.g. for the final release while the server stalls) must not take
+	// longer than the time left: min(2 s, TTL/3) in whole seconds, at least 1 (libpq
+	// rounds up to 2 s). Only used when neither the DSN nor PGCONNECT_TIMEOUT sets one.
+	popts.connect_timeout = std::clamp(std::chrono::floor<std::chrono::seconds>(o.ttl / 3),
+									   std::chrono::seconds(1), std::chrono::seconds(2));
 	return popts;
+}
+
+/* How long the exit path waits for the keeper to stop and the release to be answered.
+ * The command is dead by then; a stalled server (a renew to wait for, then a connect)
+ * must not keep lockext-run from exiting: the lease then expires on the server. */
+constexpr milliseconds kExitWait{2000};
+
+/* keeper.release() (or, with release false, keeper.stop()) on a thread of its own,
+ * waited for at most kExitWait, and less if a forwarded signal (SIGTERM, SIGINT, ...)
+ * arrives meanwhile. Returns the release's error, if any; if the wait is cut short, says so,
+ * leaves the lease to expire on the server and exits at once with `status` (the thread
+ * may still be blocked on the server: no destructor may wait for it). */
+std::optional<std::string>
+finish_keeper(lockext::LeaseKeeper &keeper, bool release, int sfd, const Front &front, int status)
+{
+	struct Outcome
+	{
+		int pipe[2] = {-1, -1};
+		std::optional<std::string> error;
+	};
+	auto out = std::make_shared<Outcome>();
+	if (pipe2(out->pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+	{
+		// Cannot wait with a bound: do it inline.
+		if (!release)
+			keeper.stop();
+		else if (auto r = keeper.release(); !r)
+			return r.error();
+		return std::nullopt;
+	}
+	std::thread worker(
+		[out, &keeper, release]
+		{
+			if (!release)
+				keeper.stop();
+			else if (auto r = keeper.release(); !r)
+				out->error = r.error();
+			const char byte = 1;
+			(void) !write(out->pipe[1], &byte, 1);
+		});
+	const auto give_up = std::chrono::steady_clock::now() + kExitWait;
+	const char *why = nullptr;
+	for (;;)
+	{
+		const auto left =
+			std::chrono::ceil<milliseconds>(give_up - std::chrono::steady_clock::now());
+		if (left.count() <= 0)
+		{
+			why = "the server did not answer within 2 s";
+			break;
+		}
+		pollfd fds[] = {{out->pipe[0], POLLIN, 0}, {sfd, POLLIN, 0}};
+		(void) poll(fds, 2, static_cast<int>(left.count()));
+		if (fds[0].revents != 0)
+		{
+			worker.join();
+			close(out->pipe[0]);
+			close(out->pipe[1]);
+			return out->error;
+		}
+		if ((fds[1].revents & POLLIN) && !drain_signals(sfd, front.pid).forwarded.empty())
+		{
+			why = "interrupted by a signal";
+			break;
+		}
+	}
+	worker.detach();
+	diag::printf("%s: %s %s; leaving the lease to expire on the server (ttl %lld ms)", g_prog,
+				 release ? "could not release the lease:" : "could not stop renewing:", why,
+				 static_cast<long long>(keeper.handle().ttl_ms));
+	diag::flush(milliseconds(300));
+	_exit(status);
 }
 
 /* The supervisor: takes the lease, runs and watches the command, releases. */
 int
 run(const Options &o, const EntrySignals &entry, const Front &front)
 {
-	const int sfd = open_signalfd(entry);
+	diag::start();
+	const int sfd = open_signalfd(entry, true);
 	int lost_pipe[2];
 	const int tfd = timerfd_create(CLOCK_BOOTTIME, TFD_CLOEXEC | TFD_NONBLOCK);
 	if (sfd < 0 || tfd < 0 || pipe2(lost_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
@@ -512,9 +669,8 @@ run(const Options &o, const EntrySignals &entry, const Front &front)
 	if (!handle)
 		return exit_status;
 	if (o.verbose)
-		std::fprintf(stderr, "%s: acquired '%s' (fence %lld, ttl %lld ms)\n", g_prog,
-					 handle->key.c_str(), static_cast<long long>(handle->fence),
-					 static_cast<long long>(handle->ttl_ms));
+		diag::printf("%s: acquired '%s' (fence %lld, ttl %lld ms)", g_prog, handle->key.c_str(),
+					 static_cast<long long>(handle->fence), static_cast<long long>(handle->ttl_ms));
 
 	// The keeper thread inherits the blocked signal mask set above.
 	lockext::LeaseKeeper keeper(
@@ -531,53 +687,79 @@ run(const Options &o, const EntrySignals &entry, const Front &front)
 	for (auto &e : env)
 		envp.push_back(e.data());
 	envp.push_back(nullptr);
-	const int tty = foreground_tty();
-	const Spawned child = spawn_command(o.command.data(), envp.data(), entry, tty);
+	const int tty = foreground_tty(front.pgrp);
+	const Spawned child = spawn_command(o.command.data(), envp.data(), entry, tty, front.pgrp);
 	if (child.pid < 0)
 	{
-		if (auto r = keeper.release(); !r)
-			complain("warning: %s (the lease expires after its TTL)", r.error());
+		if (auto e = finish_keeper(keeper, true, sfd, front, child.exit_status))
+			complain("warning: %s (the lease expires after its TTL)", *e);
 		return child.exit_status;
 	}
 
 	const Ending end = supervise(o, keeper, child.pid, sfd, lost_pipe[0], tfd, tty, front);
 	const int command_status = status_of(end.wstatus);
+	const int status = end.lost ? kExitSoftware : command_status;
 	if (end.stuck)
 	{
-		keeper.stop();
-		return end.lost ? kExitSoftware : command_status;
+		(void) finish_keeper(keeper, false, sfd, front, status);
+		return status;
 	}
 	if (!end.lost && o.hold_at_least.count() > 0 &&
 		hold_until(locks, keeper, o, before + o.hold_at_least, sfd, tfd, front))
 		return command_status;
-	if (auto r = keeper.release(); !r)
-		complain("warning: %s (the lease expires after its TTL)", r.error());
-	else if (o.verbose && !end.lost)
-		std::fprintf(stderr, "%s: released '%s'\n", g_prog, handle->key.c_str());
 	if (end.lost)
-	{
-		std::fprintf(stderr, "%s: the command ended with status %d after the lease was lost\n",
-					 g_prog, command_status);
-		return kExitSoftware;
-	}
-	return command_status;
+		diag::printf("%s: the command ended with status %d after the lease was lost", g_prog,
+					 command_status);
+	if (auto e = finish_keeper(keeper, true, sfd, front, status))
+		complain("warning: %s (the lease expires after its TTL)", *e);
+	else if (o.verbose && !end.lost)
+		diag::printf("%s: released '%s'", g_prog, handle->key.c_str());
+	return status;
 }
 
 /*
  * The front process: the one the caller started (its pid is the one cron, a shell or an
- * operator sees and signals). It forks the supervisor (run()), forwards every signal it
- * gets to it, relays ^Z, and exits with its status. Both are child subreapers: if the
- * supervisor dies (even of SIGKILL), the kernel kills the command (PDEATHSIG) and the
- * rest of the tree is re-parented to the front, which kills and reaps it; if the front is
- * killed with SIGKILL, the supervisor sees its pipe close, kills the whole tree at once and
- * releases the lease. Only both dying at once leaves the command's descendants running.
+ * operator sees and signals). It forks the supervisor (run()), in a process group of its
+ * own (one signal to lockext-run's group, e.g. kill -STOP -PGID, cannot stop both),
+ * forwards every signal it gets to it (the stop signals too: the supervisor stops the
+ * command's tree, then itself), follows its stops, and exits with its status. Both are
+ * child subreapers: if the supervisor dies (even of SIGKILL), the kernel kills the
+ * command (PDEATHSIG) and the rest of the tree is re-parented to the front, which kills
+ * and reaps it; if the front is killed with SIGKILL, the supervisor sees its pipe close,
+ * kills the whole tree at once and releases the lease. Only both dying at once leaves the
+ * command's descendants running.
+ *
+ * A supervisor stopped by something else (SIGSTOP, a debugger) cannot renew: the front
+ * then SIGSTOPs every process below it (the command's tree, by pid) at once, and when
+ * the supervisor runs again sends it SIGCONT, on which it checks the lease before it
+ * continues the tree (or kills it, if the lease ended meanwhile).
  */
 int
-front(pid_t supervisor, int sfd)
+front(pid_t supervisor, int sfd, int suspend_fd)
 {
+	diag::start();
 	std::vector<pollfd> fds{{sfd, POLLIN, 0}};
 	int wstatus = 0;
 	bool done = false;
+	bool sup_stopped = false; // the supervisor was seen stopped, the tree was stopped
+	// Not the supervisor's tracer, if it is below us: LeakSanitizer's exit check, for one,
+	// ptraces the supervisor from a child of it.
+	const auto stop_tree = [&]
+	{
+		const pid_t tracer = tracer_of(supervisor);
+		for (int round = 0; round < 16; ++round)
+		{
+			bool fresh = false;
+			for (pid_t p : descendants())
+				if (p != supervisor && p != tracer && proc_state(p) != 'T' && proc_state(p) != 't')
+				{
+					(void) kill(p, SIGSTOP);
+					fresh = true;
+				}
+			if (!fresh)
+				break;
+		}
+	};
 	while (!done)
 	{
 		for (;;)
@@ -592,13 +774,24 @@ front(pid_t supervisor, int sfd)
 				continue;
 			if (WIFSTOPPED(st))
 			{
-				// The supervisor stopped itself after a ^Z of the command: stop too, so the
-				// shell sees the job stopped, and continue it when we are continued. (A
-				// stale report, after both were continued already, is ignored.)
+				// The supervisor stopped itself, after stopping the tree, on a ^Z or a
+				// relayed stop signal (it wrote to suspend_fd first): stop too, so the
+				// shell sees the job stopped, and continue it when we are continued.
+				// Stopped by someone else (SIGSTOP): stop the tree, not ourselves (see
+				// below). A stale report, after it was continued already, is ignored.
+				char buf[16];
+				const bool self = read(suspend_fd, buf, sizeof buf) > 0;
 				if (is_stopped(supervisor))
 				{
+					stop_tree();
+					if (!self)
+					{
+						sup_stopped = true;
+						continue;
+					}
 					(void) kill(getpid(), SIGSTOP);
 					(void) kill(supervisor, SIGCONT);
+					sup_stopped = false;
 				}
 				continue;
 			}
@@ -609,10 +802,28 @@ front(pid_t supervisor, int sfd)
 			break;
 		for (auto &f : fds)
 			f.revents = 0;
-		(void) poll(fds.data(), fds.size(), 1000);
+		(void) poll(fds.data(), fds.size(), 100);
 		if (fds[0].revents & POLLIN)
-			for (int sig : drain_signals(sfd))
+		{
+			const Pending sigs = drain_signals(sfd);
+			for (int sig : sigs.forwarded)
 				(void) kill(supervisor, sig);
+			for (int sig : sigs.stops)
+				(void) kill(supervisor, sig);
+		}
+		// Stopped or traced without a report to us (ptrace), or not yet reaped above.
+		const char st = proc_state(supervisor);
+		if (st == 'T' || st == 't')
+		{
+			if (!sup_stopped)
+				stop_tree();
+			sup_stopped = true;
+		}
+		else if (sup_stopped && st != '\0' && st != 'Z')
+		{
+			sup_stopped = false;
+			(void) kill(supervisor, SIGCONT); // check the lease, continue the tree
+		}
 	}
 	// Anything left was re-parented to us: the supervisor died without stopping it.
 	const auto give_up = Clock::now() + std::chrono::seconds(5);
@@ -625,11 +836,14 @@ front(pid_t supervisor, int sfd)
 		usleep(10000);
 	}
 	if (WIFEXITED(wstatus))
+	{
+		diag::shutdown(milliseconds(500));
 		return WEXITSTATUS(wstatus);
-	std::fprintf(stderr,
-				 "%s: the supervising process died of signal %d; the command was stopped "
-				 "(the lease expires after its TTL)\n",
+	}
+	diag::printf("%s: the supervising process died of signal %d; the command was stopped "
+				 "(the lease expires after its TTL)",
 				 g_prog, WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : 0);
+	diag::shutdown(milliseconds(500));
 	return kExitSoftware;
 }
 
@@ -638,8 +852,8 @@ start(const Options &o)
 {
 	EntrySignals entry;
 	const int sfd = setup_signals(entry);
-	int alive[2];
-	if (sfd < 0 || pipe2(alive, O_CLOEXEC) != 0)
+	int alive[2], suspend[2];
+	if (sfd < 0 || pipe2(alive, O_CLOEXEC) != 0 || pipe2(suspend, O_CLOEXEC | O_NONBLOCK) != 0)
 	{
 		complain("cannot set up signal handling: %s", std::strerror(errno));
 		return kExitOsErr;
@@ -651,6 +865,7 @@ start(const Options &o)
 	}
 	// No thread exists yet, so the child may go on with ordinary code.
 	const pid_t front_pid = getpid();
+	const pid_t front_pgrp = getpgrp();
 	const pid_t supervisor = fork();
 	if (supervisor < 0)
 	{
@@ -659,12 +874,18 @@ start(const Options &o)
 	}
 	if (supervisor == 0)
 	{
+		(void) setpgid(0, 0); // both sides, so neither order races
 		close(alive[1]);
+		close(suspend[0]);
 		close(sfd);
-		return run(o, entry, Front{front_pid, alive[0]});
+		const int status = run(o, entry, Front{front_pid, alive[0], front_pgrp, suspend[1]});
+		diag::shutdown(milliseconds(500));
+		return status;
 	}
+	(void) setpgid(supervisor, supervisor);
 	close(alive[0]);
-	return front(supervisor, sfd);
+	close(suspend[1]);
+	return front(supervisor, sfd, suspend[0]);
 }
 
 } // namespace

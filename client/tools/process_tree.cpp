@@ -5,6 +5,7 @@
  */
 #include "process_tree.hpp"
 
+#include "diag.hpp"
 #include "run_options.hpp"
 
 #include <dirent.h>
@@ -152,21 +153,28 @@ setup_signals(EntrySignals &entry)
 	sa.sa_flags = 0; // stops of the command are reported too (interactive ^Z)
 	sigaction(SIGCHLD, &sa, nullptr);
 	sigaddset(&set, SIGCHLD);
-	sigset_t blocked = set;
-	sigaddset(&blocked, SIGTTOU); // tcsetpgrp from a background process group
-	if (sigprocmask(SIG_BLOCK, &blocked, nullptr) != 0)
+	for (int s : kStopSignals)
+		sigaddset(&set, s);
+	// SIGTTOU blocked also lets tcsetpgrp work from a background process group. SIGCONT
+	// blocked still continues the process; the supervisor reads it from its signalfd.
+	sigaddset(&set, SIGCONT);
+	if (sigprocmask(SIG_BLOCK, &set, nullptr) != 0)
 		return -1;
-	return open_signalfd(entry);
+	return open_signalfd(entry, false);
 }
 
 int
-open_signalfd(const EntrySignals &entry)
+open_signalfd(const EntrySignals &entry, bool with_cont)
 {
 	sigset_t set;
 	sigemptyset(&set);
 	for (int s : entry.forwarded)
 		sigaddset(&set, s);
+	for (int s : kStopSignals)
+		sigaddset(&set, s);
 	sigaddset(&set, SIGCHLD);
+	if (with_cont)
+		sigaddset(&set, SIGCONT);
 	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 }
 
@@ -176,6 +184,23 @@ is_stopped(pid_t pid)
 	return stat_of(pid) == 'T';
 }
 
+char
+proc_state(pid_t pid)
+{
+	return stat_of(pid);
+}
+
+pid_t
+tracer_of(pid_t pid)
+{
+	std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+	std::string line;
+	while (std::getline(in, line))
+		if (line.starts_with("TracerPid:"))
+			return static_cast<pid_t>(std::atol(line.c_str() + 10));
+	return 0;
+}
+
 bool
 become_subreaper()
 {
@@ -183,22 +208,23 @@ become_subreaper()
 }
 
 int
-foreground_tty()
+foreground_tty(pid_t pgrp)
 {
 	for (int fd = 0; fd <= 2; ++fd)
-		if (isatty(fd) && tcgetpgrp(fd) == getpgrp())
+		if (isatty(fd) && tcgetpgrp(fd) == pgrp)
 			return fd;
 	return -1;
 }
 
 Spawned
-spawn_command(char *const argv[], char *const envp[], const EntrySignals &entry, int tty)
+spawn_command(char *const argv[], char *const envp[], const EntrySignals &entry, int tty,
+			  pid_t job_pgrp)
 {
 	Spawned out;
 	int report[2];
 	if (pipe2(report, O_CLOEXEC) != 0)
 	{
-		std::fprintf(stderr, "%s: cannot create a pipe: %s\n", g_prog, std::strerror(errno));
+		diag::printf("%s: cannot create a pipe: %s", g_prog, std::strerror(errno));
 		out.exit_status = kExitOsErr;
 		return out;
 	}
@@ -206,7 +232,7 @@ spawn_command(char *const argv[], char *const envp[], const EntrySignals &entry,
 	const pid_t pid = fork();
 	if (pid < 0)
 	{
-		std::fprintf(stderr, "%s: cannot fork: %s\n", g_prog, std::strerror(errno));
+		diag::printf("%s: cannot fork: %s", g_prog, std::strerror(errno));
 		close(report[0]);
 		close(report[1]);
 		out.exit_status = kExitOsErr;
@@ -260,8 +286,8 @@ spawn_command(char *const argv[], char *const envp[], const EntrySignals &entry,
 		{
 		}
 		if (tty >= 0)
-			(void) tcsetpgrp(tty, getpgrp());
-		std::fprintf(stderr, "%s: cannot run %s: %s\n", g_prog, argv[0], std::strerror(err));
+			(void) tcsetpgrp(tty, job_pgrp);
+		diag::printf("%s: cannot run %s: %s", g_prog, argv[0], std::strerror(err));
 		out.exit_status = err == ENOENT ? kExitNotFound : kExitNotExecutable;
 		return out;
 	}

@@ -31,23 +31,43 @@ struct EntrySignals
 /* The signals lockext-run forwards to the command unless they were ignored on entry. */
 inline constexpr int kForwardable[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
+/* The job-control stop signals lockext-run catches (their default action would stop
+ * lockext-run and with it the renewals, while the command, in its own process group,
+ * keeps running): they are relayed, the command's tree is stopped before lockext-run. */
+inline constexpr int kStopSignals[] = {SIGTSTP, SIGTTIN, SIGTTOU};
+
+inline bool
+is_stop_signal(int sig)
+{
+	return sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
+}
+
 /* Records the entry dispositions, ignores SIGPIPE, blocks the forwarded signals,
- * SIGCHLD and SIGTTOU (so tcsetpgrp from the background works) and returns a signalfd
- * for the forwarded ones and SIGCHLD (-1 on error). Call before any thread starts. */
+ * SIGCHLD, the stop signals (SIGTTOU also so that tcsetpgrp from the background works)
+ * and SIGCONT, and returns a signalfd for the forwarded ones, the stop signals and SIGCHLD
+ * (-1 on error). Call before any thread starts. */
 int setup_signals(EntrySignals &entry);
 
-/* A signalfd for entry.forwarded and SIGCHLD (blocked by setup_signals). */
-int open_signalfd(const EntrySignals &entry);
+/* A signalfd for entry.forwarded, the stop signals, SIGCHLD and, with with_cont, SIGCONT
+ * (all blocked by setup_signals). */
+int open_signalfd(const EntrySignals &entry, bool with_cont);
 
 /* True if pid is stopped (state T in /proc/<pid>/stat). */
 bool is_stopped(pid_t pid);
 
+/* The state letter of pid in /proc/<pid>/stat ('T' stopped, 't' traced, 'Z' zombie...),
+ * '\0' if it is gone. */
+char proc_state(pid_t pid);
+
+/* The pid tracing pid (TracerPid in /proc/<pid>/status), 0 if none. */
+pid_t tracer_of(pid_t pid);
+
 /* Makes lockext-run a child subreaper; false on error (errno set). */
 bool become_subreaper();
 
-/* A file descriptor of the controlling terminal if lockext-run is in its foreground
- * process group (interactive use), else -1. */
-int foreground_tty();
+/* A file descriptor of the controlling terminal if process group pgrp (lockext-run's
+ * job: the front's group) is its foreground process group (interactive use), else -1. */
+int foreground_tty(pid_t pgrp);
 
 struct Spawned
 {
@@ -58,16 +78,26 @@ struct Spawned
 /* Forks and execs argv with envp in a new process group (its own pid), giving it the
  * terminal's foreground if tty >= 0; the child gets PR_SET_PDEATHSIG(SIGKILL), an empty
  * signal mask, SIGPIPE's entry disposition. Exec failures are reported here. */
-Spawned spawn_command(char *const argv[], char *const envp[], const EntrySignals &entry, int tty);
+Spawned spawn_command(char *const argv[], char *const envp[], const EntrySignals &entry, int tty,
+					  pid_t job_pgrp);
 
 /* Every live (not zombie) descendant of lockext-run, parents before children. */
 std::vector<pid_t> descendants();
 
-/* Sends sig to process group pgid and to every descendant (also those that left it). */
+/* Sends sig to process group pgid (unless pgid is 0) and to every descendant (also those
+ * that left it).
+ *
+ * Pass the command's pgid only while the command has not been reaped: until then its
+ * pid (= the group's id) stays allocated, so the group cannot be an unrelated one. Once
+ * it is reaped and the group's last member ends, the id can be reused by any process,
+ * so from then on pass 0: the descendant walk is exact (lockext-run is a subreaper, every
+ * process the command started is its descendant). Not tested: recycling a given pgid
+ * would need the pid space to wrap around under the test. */
 void signal_tree(pid_t pgid, int sig);
 
 /* SIGSTOPs the whole tree until no new process appears, then SIGKILLs all of it (so a
- * forking process cannot escape between the walk and the kill). */
+ * forking process cannot escape between the walk and the kill). pgid as for
+ * signal_tree. */
 void kill_tree(pid_t pgid);
 
 /* Reaps every exited child without blocking; records the status of `command` in
