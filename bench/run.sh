@@ -338,7 +338,7 @@ if [ $PROFILE = 1 ]; then
 		echo
 		echo "== call trees under the lockext entry points (inclusive Ir, calls)"
 		callgrind_annotate --inclusive=yes --tree=calling "$WORK/callgrind.lock" 2>/dev/null |
-			awk '/^ *[0-9,]+ .*\*  .*(lockext_try_lock|lockext_release|pg_strong_random|LockextGrant|LockextRelease) \[/ { p = 1 }
+			awk '/^ *[0-9,]+ .*\*  .*(lockext_try_lock|lockext_release|pg_strong_random|LockTableGrant|LockTableRelease) \[/ { p = 1 }
 			     p && /^$/ { p = 0; print "" } p { print }'
 		echo "== inclusive, top 60"
 		callgrind_annotate --inclusive=yes "$WORK/callgrind.lock" 2>/dev/null | sed -n '20,80p'

@@ -589,14 +589,13 @@ ProbeOfEntry(LockextProbeKey *probe, const void *entry)
 
 /*
  * Removes every expired entry and recomputes the earliest live expiry.
- * Returns the number of live leases left.  Takes all partition locks.
+ * Takes all partition locks.
  */
-uint32
+void
 LockTableSweepExpired(void)
 {
 	HASH_SEQ_STATUS scan;
 	void	   *entry;
-	uint32		live = 0;
 	int64		earliest = INT64_MAX;
 	int64		now_ns;
 	int64		started_ns = LockextRealNowNanos();
@@ -610,10 +609,7 @@ LockTableSweepExpired(void)
 		int64		expires_ns = LeaseOf(entry)->expires_ns;
 
 		if (core::IsLive(expires_ns, now_ns))
-		{
-			live++;
 			earliest = core::EarlierOf(earliest, expires_ns);
-		}
 		else
 		{
 			LockextProbeKey probe;
@@ -628,7 +624,6 @@ LockTableSweepExpired(void)
 	ended_ns = LockextRealNowNanos();
 	pg_atomic_write_u64(&table_state->last_sweep_ns, (uint64) ended_ns);
 	pg_atomic_write_u64(&table_state->last_sweep_cost_ns, (uint64) (ended_ns - started_ns));
-	return live;
 }
 
 /*

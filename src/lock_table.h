@@ -154,7 +154,7 @@ extern LockextGrantStatus LockTableGrant(const LockextProbeKey *probe,
 extern bool LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms);
 extern bool LockTableRelease(const LockextProbeKey *probe, const pg_uuid_t *lock_id);
 extern bool LockTableEvict(const LockextProbeKey *probe);
-extern uint32 LockTableSweepExpired(void);
+extern void LockTableSweepExpired(void);
 extern bool LockTableRestore(Oid dbid, const char *key, uint32 key_len, const LockextLease *lease);
 extern void LockTableForEachLive(LockTableVisitor visit, void *arg);
 extern LockextLeaseCopy *LockTableCopyLive(int *count);

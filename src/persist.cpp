@@ -331,9 +331,11 @@ PersistRestore(bool restore_leases, LockextRestoreOutcome *outcome)
 		offset += (off_t) sizeof(record) + record.key_len;
 		outcome->max_fence_counter = Max(outcome->max_fence_counter,
 										 core::FenceCounterOf(record.lease.fence));
-		if (record.key_len == 0 || record.key_len > (uint32) lockext_max_key_length)
+		if (!restore_leases || record.key_len == 0 ||
+			record.key_len > (uint32) lockext_max_key_length)
 		{
-			outcome->complete = false;	/* does not fit this server's keys */
+			/* not restored (a key too long for this server's slots makes it incomplete) */
+			outcome->complete = false;
 			if (fseeko(file, offset, SEEK_SET) != 0)
 				break;
 			continue;
@@ -343,8 +345,6 @@ PersistRestore(bool restore_leases, LockextRestoreOutcome *outcome)
 			outcome->complete = false;
 			break;
 		}
-		if (!restore_leases)
-			continue;
 		left = core::RestoredRemainingNanos(record.lease.expires_ns, same_boot,
 											header.saved_boot_ns, now_boot_ns);
 		if (left <= 0)

@@ -177,14 +177,8 @@ HandleTupleDesc(FunctionCallInfo fcinfo)
  * layout does not depend on its value); HandleFinish() only stores the
  * fence into it after.
  */
-typedef struct HandleTuple
-{
-	TupleDesc	tupdesc;
-	HeapTuple	tuple;
-} HandleTuple;
-
-static void
-HandleStart(HandleTuple *handle, TupleDesc tupdesc, text *key, const LockextGrantRequest *request)
+static HeapTuple
+HandleStart(TupleDesc tupdesc, text *key, const LockextGrantRequest *request)
 {
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
@@ -194,8 +188,7 @@ HandleStart(HandleTuple *handle, TupleDesc tupdesc, text *key, const LockextGran
 	values[2] = Int64GetDatum(request->ttl_ms);
 	values[3] = Int64GetDatum(0);	/* the fence, known after the grant */
 	values[4] = TimestampTzGetDatum(request->wall_now + request->ttl_ms * INT64CONST(1000));
-	handle->tupdesc = tupdesc;
-	handle->tuple = heap_form_tuple(tupdesc, values, nulls);
+	return heap_form_tuple(tupdesc, values, nulls);
 }
 
 /*
@@ -206,16 +199,16 @@ HandleStart(HandleTuple *handle, TupleDesc tupdesc, text *key, const LockextGran
  * that the descriptor has this layout.
  */
 static Datum
-HandleFinish(HandleTuple *handle, int64 fence)
+HandleFinish(HeapTuple handle, int64 fence)
 {
-	HeapTupleHeader td = handle->tuple->t_data;
+	HeapTupleHeader td = handle->t_data;
 	char	   *tp = (char *) td + td->t_hoff;
 	Size		off = VARSIZE_ANY(tp) + UUID_LEN;
 
 	off = TYPEALIGN(sizeof(int64), off) + sizeof(int64);
 	off = TYPEALIGN(sizeof(int64), off);
 	memcpy(tp + off, &fence, sizeof(fence));
-	return HeapTupleGetDatum(handle->tuple);	/* no external field: nothing to flatten */
+	return HeapTupleGetDatum(handle);	/* no external field: nothing to flatten */
 }
 
 /* Raises the error for a grant that neither succeeded nor met contention. */
@@ -268,7 +261,7 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 	LockextGrantRequest request;
 	LockextGrantResult result;
 	LockextGrantStatus status;
-	HandleTuple handle;
+	HeapTuple	handle;
 	text	   *key;
 
 	LockextCheckWritable("try_lock");
@@ -285,14 +278,14 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 	request.wall_now = GetCurrentTimestamp();
 	FillRequester(&request);
 	/* everything that can fail happens before the grant */
-	HandleStart(&handle, HandleTupleDesc(fcinfo), key, &request);
+	handle = HandleStart(HandleTupleDesc(fcinfo), key, &request);
 
 	status = LockTableGrant(&probe, &request, &result);
 	if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
 		PG_RETURN_NULL();
 	if (status != LOCKEXT_GRANTED)
 		ReportGrantFailure(status, &result);
-	return HandleFinish(&handle, result.fence);
+	return HandleFinish(handle, result.fence);
 }
 
 /* ttl == NULL: keep the lease's own TTL, even above a lowered lockext.max_ttl_ms */
