@@ -150,10 +150,19 @@ set_duration(const char *what, const char *value, long long min_ms, milliseconds
 	return true;
 }
 
+/* what: the option or variable the value came from, for the message */
 bool
-valid_prepared_mode(std::string_view v)
+set_prepared_mode(const char *what, const char *value, std::string &out)
 {
-	return v == "auto" || v == "on" || v == "off";
+	const std::string_view v(value);
+	if (v != "auto" && v != "on" && v != "off")
+	{
+		std::fprintf(stderr, "%s: invalid %s '%s' (expected auto, on or off)\n", g_prog, what,
+					 value);
+		return false;
+	}
+	out = value;
+	return true;
 }
 
 enum LongOnly
@@ -188,15 +197,8 @@ parse_args(int argc, char **argv, Options &o)
 	};
 	if (const char *env = std::getenv("LOCKEXT_PREPARED_STATEMENTS"); env != nullptr && *env)
 	{
-		if (!valid_prepared_mode(env))
-		{
-			std::fprintf(stderr,
-						 "%s: invalid LOCKEXT_PREPARED_STATEMENTS '%s' (expected auto, on or "
-						 "off)\n",
-						 g_prog, env);
+		if (!set_prepared_mode("LOCKEXT_PREPARED_STATEMENTS", env, o.prepared_statements))
 			return kExitUsage;
-		}
-		o.prepared_statements = env;
 	}
 	opterr = 0;
 	int c;
@@ -239,15 +241,8 @@ parse_args(int argc, char **argv, Options &o)
 					return kExitUsage;
 				break;
 			case kOptPrepared:
-				if (!valid_prepared_mode(optarg))
-				{
-					std::fprintf(stderr,
-								 "%s: invalid --prepared-statements '%s' (expected auto, on or "
-								 "off)\n",
-								 g_prog, optarg);
+				if (!set_prepared_mode("--prepared-statements", optarg, o.prepared_statements))
 					return kExitUsage;
-				}
-				o.prepared_statements = optarg;
 				break;
 			case 'E':
 			{
