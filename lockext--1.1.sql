@@ -102,27 +102,9 @@ LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION lockext_stats_reset() FROM PUBLIC;
 REVOKE ALL ON FUNCTION lockext_force_release(text) FROM PUBLIC;
 
--- Test hooks: raise 55000 unless lockext.enable_test_hooks = on, and are
--- for superusers only.
-CREATE FUNCTION lockext_test_clock_freeze() RETURNS void
-AS 'MODULE_PATHNAME', 'lockext_test_clock_freeze' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-CREATE FUNCTION lockext_test_clock_advance(ms bigint) RETURNS void
-AS 'MODULE_PATHNAME', 'lockext_test_clock_advance' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-CREATE FUNCTION lockext_test_clock_release() RETURNS void
-AS 'MODULE_PATHNAME', 'lockext_test_clock_release' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-CREATE FUNCTION lockext_test_set_fence_floor(fence bigint) RETURNS void
-AS 'MODULE_PATHNAME', 'lockext_test_set_fence_floor' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-CREATE FUNCTION lockext_test_partition_of(key text) RETURNS integer
-AS 'MODULE_PATHNAME', 'lockext_test_partition_of' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-CREATE FUNCTION lockext_test_stall(partition integer, ms integer, raise_error boolean) RETURNS void
-AS 'MODULE_PATHNAME', 'lockext_test_stall' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-
-REVOKE ALL ON FUNCTION lockext_test_clock_freeze() FROM PUBLIC;
-REVOKE ALL ON FUNCTION lockext_test_clock_advance(bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION lockext_test_clock_release() FROM PUBLIC;
-REVOKE ALL ON FUNCTION lockext_test_set_fence_floor(bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION lockext_test_partition_of(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION lockext_test_stall(integer, integer, boolean) FROM PUBLIC;
+-- The lockext_test_* hooks of 1.0 are not part of 1.1: the library keeps
+-- their symbols (so a database at 1.0 keeps working), and the test-only
+-- extension lockext_test (test/lockext_test/, never packaged) creates them.
 
 -- Ends the grace period in force, for an operator who knows that no earlier
 -- holder of any lease is still alive.  True if one was in force.

@@ -40,10 +40,11 @@ SET ROLE lockext_bob;
 SELECT release('sec:alice', :'alice_id') AS released_with_the_id;
 RESET ROLE;
 
-SELECT p.proname, has_function_privilege('lockext_bob', p.oid, 'EXECUTE') AS bob_can_execute
+-- the test hooks are the test-only extension lockext_test's (revoked as well)
+SELECT e.extname, p.proname, has_function_privilege('lockext_bob', p.oid, 'EXECUTE') AS bob_can_execute
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
-  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'lockext'
- ORDER BY p.proname, pg_get_function_identity_arguments(p.oid);
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname IN ('lockext', 'lockext_test')
+ ORDER BY e.extname, p.proname, pg_get_function_identity_arguments(p.oid);
 
 -- a plain role in a fresh database
 CREATE DATABASE lockext_sec_fresh;

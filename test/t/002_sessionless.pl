@@ -14,7 +14,7 @@ $node->append_conf('postgresql.conf',
 	"shared_preload_libraries = 'lockext'\nlockext.enable_test_hooks = on\n"
 	  . "lockext.max_locks = 8\nmax_connections = 50\n");
 $node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION lockext');
+$node->safe_psql('postgres', 'CREATE EXTENSION lockext; CREATE EXTENSION lockext_test');
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 

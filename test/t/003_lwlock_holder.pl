@@ -28,7 +28,7 @@ $node->append_conf('postgresql.conf',
 	  . "lockext.max_locks = 8\nmax_connections = 50\nrestart_after_crash = on\n"
 	  . "lockext.recovery_grace_ms = 1500\n");
 $node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION lockext');
+$node->safe_psql('postgres', 'CREATE EXTENSION lockext; CREATE EXTENSION lockext_test');
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 

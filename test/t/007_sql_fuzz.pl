@@ -23,7 +23,7 @@ $node->append_conf('postgresql.conf',
 	  . "lockext.max_locks = 8\nrestart_after_crash = on\n");
 $node->start;
 $node->safe_psql('postgres',
-	"CREATE EXTENSION lockext; CREATE TABLE ids (k text, id uuid, h lock_handle);"
+	"CREATE EXTENSION lockext; CREATE EXTENSION lockext_test; CREATE TABLE ids (k text, id uuid, h lock_handle);"
 	  . " SELECT lockext_test_clock_freeze();");
 my $start_time = $node->safe_psql('postgres', 'SELECT pg_postmaster_start_time()');
 

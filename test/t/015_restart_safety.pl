@@ -45,7 +45,7 @@ sub crash_backend
 	eval { $bg->quit };
 }
 
-sql('CREATE EXTENSION lockext');
+sql('CREATE EXTENSION lockext; CREATE EXTENSION lockext_test');
 
 ### 1. a clean restart does not end an active grace
 $node->append_conf('postgresql.conf', "lockext.recovery_grace_ms = 60000\n");
