@@ -143,3 +143,23 @@ pg_cluster_stop() {
 }
 
 pg_cluster_cleanup() { pg_cluster_stop immediate || true; }
+
+# The tally of a suite script's own checks. suite_start NAME; ok/not_ok TEXT count and
+# print one check; suite_die TEXT counts a failed setup step and ends the script;
+# suite_finish prints "N passed, M failed" (the line tools/test.sh reads) and exits
+# non-zero on any failure, or when nothing passed.
+suite_start() {
+	suite_name=$1 passed=0 failed=0 suite_started=$(date +%s)
+}
+ok() { passed=$((passed + 1)); echo "ok - $*"; }
+not_ok() { failed=$((failed + 1)); echo "not ok - $*"; }
+suite_finish() {
+	echo "== $suite_name tests done in $(($(date +%s) - suite_started)) s"
+	echo "$passed passed, $failed failed"
+	[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+	exit $?
+}
+suite_die() {
+	not_ok "$*"
+	suite_finish
+}
