@@ -5,17 +5,22 @@ MODULE_big = lockext
 # then what PostgreSQL calls by name
 OBJS       = src/lockext.o src/gucs.o src/shmem.o src/clock.o src/durable.o src/fence.o \
              src/grace.o src/lock_table.o src/persist.o src/worker.o \
-             src/sql/sql_args.o src/sql/sql_api.o src/sql/admin_views.o src/sql/test_hooks.o
+             src/sql/sql_args.o src/sql/sql_api.o src/sql/handle_scan.o src/sql/admin_views.o \
+             src/sql/test_hooks.o
 # 1.0 is released and stays as it is; 1.1 adds objects (lockext--1.0--1.1.sql)
 DATA       = lockext--1.0.sql lockext--1.1.sql lockext--1.0--1.1.sql
 PGFILEDESC = "lockext - lease-based locks in shared memory"
 
 # pg_regress suites (sql/, expected/), each on its own temporary instance
 REGRESS        = api cas fence_order badinput capacity scope security txn views encoding gucs admin_1_1 \
+                 handle_scan \
                  fence_limit
-REGRESS_OPTS   = --temp-config=$(srcdir)/test/lockext_test.conf --load-extension=lockext
+REGRESS_OPTS   = --temp-config=$(srcdir)/test/lockext_test.conf --load-extension=lockext \
+                 --load-extension=lockext_test
 # isolation specs, generated from test/isolation/prelude.spec + specs/*.spec.in
 include test/isolation/isolation.mk
+# the lockext_test_* hooks: a test-only extension, installed by installcheck (never packaged)
+include test/lockext_test/lockext_test.mk
 TAP_TESTS      = 1
 PROVE_TESTS    = test/t/*.pl
 EXTRA_CLEAN    = tmp_check tmp_check_iso output_iso results regression.diffs regression.out \
@@ -39,19 +44,31 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # The C++ client library (client/, CMake) is built and installed with the
-# extension: headers under <prefix>/include/lockext/, liblockext-client.so
-# and lockext-client.pc (prefix /usr/local unless CLIENT_PREFIX is set).
-CLIENT_BUILD  ?= build/client
-CLIENT_PREFIX ?= /usr/local
+# extension: headers under <prefix>/include/lockext/, liblockext-client.so,
+# lockext-client.pc, its CMake package and lockext-run.
+#   CLIENT_PREFIX       install prefix (/usr/local)
+#   CLIENT_LIBDIR       library directory, relative to the prefix or absolute
+#                       (default: GNUInstallDirs' choice, lib under /usr/local)
+#   CLIENT_CMAKE_FLAGS  more cmake options (CI: -DLOCKEXT_CLIENT_WERROR=ON)
+#   DESTDIR             staging directory, as for the extension
+#   LOCKEXT_CLIENT=no   build and install the extension only (debian/rules builds
+#                       the client once with CMake itself, not per PostgreSQL version)
+CLIENT_BUILD   ?= build/client
+CLIENT_PREFIX  ?= /usr/local
+CLIENT_LIBDIR  ?=
+LOCKEXT_CLIENT ?= yes
+ifneq ($(LOCKEXT_CLIENT),no)
 all: client
 install: install-client
+endif
 client:
 	cmake -S $(srcdir)/client -B $(CLIENT_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-		-DCMAKE_INSTALL_PREFIX=$(CLIENT_PREFIX) >/dev/null
+		-DCMAKE_INSTALL_PREFIX=$(CLIENT_PREFIX) \
+		$(if $(CLIENT_LIBDIR),-DCMAKE_INSTALL_LIBDIR=$(CLIENT_LIBDIR)) $(CLIENT_CMAKE_FLAGS) >/dev/null
 	cmake --build $(CLIENT_BUILD) -j2
 install-client: client
-	cmake --install $(CLIENT_BUILD)
-	-ldconfig 2>/dev/null
+	DESTDIR='$(DESTDIR)' cmake --install $(CLIENT_BUILD)
+	$(if $(DESTDIR),,-ldconfig 2>/dev/null)
 clean: clean-client
 clean-client:
 	rm -rf $(CLIENT_BUILD)

@@ -22,6 +22,7 @@ extern int	lockext_max_ttl_ms;			/* PGC_SIGHUP */
 extern int	lockext_recovery_grace_ms;	/* PGC_SIGHUP; -1 = cover every granted TTL */
 extern bool lockext_save;				/* PGC_SIGHUP */
 extern bool lockext_enable_test_hooks;	/* PGC_POSTMASTER */
+extern bool lockext_handle_scan;		/* PGC_USERSET: plan FROM try_lock() as a handle scan */
 
 extern void GucsDefine(void);
 

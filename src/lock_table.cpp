@@ -408,6 +408,22 @@ GrantOnce(const LockextProbeKey *probe, const LockextGrantRequest *request,
 	return status;
 }
 
+bool
+LockTableRefuseIfHeld(const LockextProbeKey *probe)
+{
+	LWLock	   *lock = PartitionLock(probe);
+	void	   *entry;
+	bool		held;
+
+	LWLockAcquire(lock, LW_SHARED);
+	entry = FindEntry(probe);
+	held = entry != NULL && core::IsLive(LeaseOf(entry)->expires_ns, LockextNowNanos());
+	if (held)
+		pg_atomic_fetch_add_u64(&CountersOf(probe)->v[C_CONTENDED], 1);
+	LWLockRelease(lock);
+	return held;
+}
+
 /*
  * Grants the lease for probe if nobody holds a live one (and no grace
  * period holds grants back).  An expired entry is overwritten in place; a

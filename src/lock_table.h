@@ -8,6 +8,7 @@
  * Interface:
  *	LockTableShmemSize(), LockTableShmemInit()
  *	LockTableMakeProbe()				a lookup key for (database, key bytes)
+ *	LockTableRefuseIfHeld()				the cheap refusal before a grant is prepared
  *	LockTableGrant/Renew/Release/Evict	one lease, check-and-set on lock_id
  *	LockTableSweepExpired()				reclaim every expired slot
  *	LockTableRestore()					put a saved lease back (startup)
@@ -30,8 +31,10 @@
  *	  lock manager does; the copy's memory is allocated before.
  *	- used_slots keeps max_locks exact across partitions: a slot is taken by
  *	  a compare-and-swap that only succeeds while one is free.
- *	- The per-partition counters are pg_atomic_uint64 written only under the
- *	  partition's lock (EXCLUSIVE), so lockext_stats reads them without locks.
+ *	- The per-partition counters are pg_atomic_uint64 written under the
+ *	  partition's lock, so lockext_stats reads them without locks: with it
+ *	  EXCLUSIVE by a plain read and write (the only writer), with it SHARED
+ *	  (the refusal probe) by an atomic add, which cannot overlap either.
  *	- The startup and shutdown entry points run in the postmaster with no
  *	  other process attached.
  *
@@ -144,6 +147,13 @@ extern void LockTableShmemInit(void);
 
 extern void LockTableMakeProbe(LockextProbeKey *probe, Oid dbid, const char *bytes, uint32 len);
 extern int	LockTablePartitionOf(const LockextProbeKey *probe);
+/*
+ * True (and counted as contention) if a live lease holds probe's key now,
+ * found under the partition lock SHARED: many callers refused on one hot
+ * key do not queue behind each other.  False says nothing: the grant
+ * decides again under the lock EXCLUSIVE.
+ */
+extern bool LockTableRefuseIfHeld(const LockextProbeKey *probe);
 extern LockextGrantStatus LockTableGrant(const LockextProbeKey *probe,
 										 const LockextGrantRequest *request,
 										 LockextGrantResult *result);

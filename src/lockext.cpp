@@ -52,6 +52,7 @@ extern "C"
 #include "lock_table.h"
 #include "persist.h"
 #include "shmem.h"
+#include "sql/handle_scan.h"
 #include "worker.h"
 
 	PG_MODULE_MAGIC;
@@ -324,6 +325,7 @@ _PG_init(void)
 
 	GucsDefine();
 	WorkerRegister();
+	HandleScanInit();
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = LockextShmemRequest;
 	prev_shmem_startup_hook = shmem_startup_hook;

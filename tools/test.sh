@@ -6,13 +6,13 @@
 #
 #   tools/test.sh            all suites
 #   LOCKEXT_SUITES="regress isolation" tools/test.sh   a subset
-#     (unit regress isolation tap client checker bench ubsan)
+#     (unit regress isolation tap client checker bench exporter readme ubsan packages)
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/tools/lib.sh"
 require_root
 
-suites=${LOCKEXT_SUITES:-"unit regress isolation tap client checker bench ubsan"}
+suites=${LOCKEXT_SUITES:-"unit regress isolation tap client checker bench exporter readme ubsan packages"}
 passed=0
 failed=0
 started=$(date +%s)
@@ -38,10 +38,22 @@ scratch=$(make_scratch_dir)
 trap 'rm -rf "$scratch"' EXIT
 
 echo "== building and installing lockext"
+# the project's own builds treat the client's warnings as errors (a consumer's build does not)
+export CLIENT_CMAKE_FLAGS="${CLIENT_CMAKE_FLAGS:-} -DLOCKEXT_CLIENT_WERROR=ON"
 if ! build_and_install "$top" "$scratch/build.log"; then
 	record build 0 1 1
 	finish
 fi
+# the test-only extension with the lockext_test_* hooks (never packaged), installed as
+# root here: the suites' installcheck, run as postgres, then finds it up to date
+if ! make -C "$top/test/lockext_test" PG_CONFIG="$PG_CONFIG" install >>"$scratch/build.log" 2>&1; then
+	cat "$scratch/build.log"
+	record build 0 1 1
+	finish
+fi
+# the installed client tool, for test/t/017_upgrade.pl (1.1 client against a 1.0 database)
+LOCKEXT_RUN=${LOCKEXT_RUN:-$(command -v lockext-run || true)}
+export LOCKEXT_RUN
 
 has_suite() { [[ " $suites " == *" $1 "* ]]; }
 
@@ -125,6 +137,8 @@ run_script_suite() {
 has_suite client && run_script_suite client "$top/client/test/run.sh"
 has_suite checker && run_script_suite checker "$top/test/checker/run.sh"
 has_suite bench && run_script_suite bench-smoke "$top/bench/run.sh" --smoke
+has_suite exporter && run_script_suite exporter "$top/test/exporter/run.sh"
+has_suite readme && run_script_suite readme "$top/test/readme/run.sh"
 
 # The extension built with UndefinedBehaviorSanitizer (any hit aborts the
 # backend), installed for the regress and isolation suites, then the normal
@@ -151,5 +165,8 @@ if has_suite ubsan; then
 	fi
 	build_and_install "$top" "$scratch/reinstall.log" || record reinstall 0 1 1
 fi
+
+# Last: builds the Debian packages and replaces make install's files with them
+has_suite packages && run_script_suite packages "$top/tools/test-packages.sh"
 
 finish

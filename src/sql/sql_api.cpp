@@ -37,6 +37,7 @@ extern "C"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 #include "utils/uuid.h"
 
 #include "durable.h"
@@ -146,12 +147,48 @@ HandleLayoutExpected(TupleDesc tupdesc)
 	return true;
 }
 
-/* The blessed lock_handle descriptor, looked up once per call site (fn_extra). */
+/* Raises the error for a lock_handle whose layout is not the one lockext builds. */
+static void
+ReportUnexpectedLayout(void)
+{
+	ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+					errmsg("type lock_handle does not have the layout lockext expects"),
+					errhint("Reinstall the extension: DROP EXTENSION lockext; CREATE EXTENSION lockext.")));
+}
+
+/*
+ * The lock_handle descriptor.  Every execution of a statement builds new
+ * expression state, so a descriptor cached per call site (fn_extra) would be
+ * looked up again each time; the type cache keeps one per backend and per
+ * type, invalidated by ALTER TYPE, so only the layout check is cached here,
+ * per descriptor identifier.  The descriptor is used at once (no catalog
+ * access, hence no invalidation, before heap_form_tuple).  A call without
+ * an expression (from C) resolves its result type the long way.
+ */
 static TupleDesc
 HandleTupleDesc(FunctionCallInfo fcinfo)
 {
-	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	static uint64 checked_identifier = 0;
+	Oid			rettype = get_fn_expr_rettype(fcinfo->flinfo);
+	TupleDesc	tupdesc;
 
+	if (OidIsValid(rettype) && rettype != RECORDOID)
+	{
+		TypeCacheEntry *type = lookup_type_cache(rettype, TYPECACHE_TUPDESC);
+
+		if (type->tupDesc == NULL)
+			ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+							errmsg("try_lock() must be called in a context that accepts a lock_handle")));
+		if (type->tupDesc_identifier != checked_identifier)
+		{
+			if (!HandleLayoutExpected(type->tupDesc))
+				ReportUnexpectedLayout();
+			checked_identifier = type->tupDesc_identifier;
+		}
+		return type->tupDesc;
+	}
+
+	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
 	if (tupdesc == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
@@ -160,9 +197,7 @@ HandleTupleDesc(FunctionCallInfo fcinfo)
 			ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 							errmsg("try_lock() must be called in a context that accepts a lock_handle")));
 		if (!HandleLayoutExpected(tupdesc))
-			ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
-							errmsg("type lock_handle does not have the layout lockext expects"),
-							errhint("Reinstall the extension: DROP EXTENSION lockext; CREATE EXTENSION lockext.")));
+			ReportUnexpectedLayout();
 		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
 		MemoryContextSwitchTo(old);
 		fcinfo->flinfo->fn_extra = tupdesc;
@@ -270,6 +305,9 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 	request.ttl_ms = LockextCheckTtl(PG_GETARG_DATUM(1), PG_ARGISNULL(1));
 	if (FenceIsLost())
 		ReportGrantFailure(LOCKEXT_FENCE_LOST, &result);
+	/* a refusal costs one probe: no lock_id, no handle, no lock taken EXCLUSIVE */
+	if (LockTableRefuseIfHeld(&probe))
+		PG_RETURN_NULL();
 	RecordTtlCeiling(request.ttl_ms);
 
 	if (!NextRandomLockId(&request.lock_id))
