@@ -4,7 +4,7 @@ MODULE_big = lockext
 # start-up orchestration, then the modules (each header beside its source),
 # then what PostgreSQL calls by name
 OBJS       = src/lockext.o src/gucs.o src/shmem.o src/clock.o src/durable.o src/fence.o \
-             src/grace.o src/lock_table.o src/persist.o src/worker.o \
+             src/grace.o src/lock_table.o src/wait_queue.o src/persist.o src/worker.o \
              src/sql/sql_args.o src/sql/sql_api.o src/sql/handle_scan.o src/sql/admin_views.o \
              src/sql/test_hooks.o
 # 1.0 is released and stays as it is; 1.1 adds objects (lockext--1.0--1.1.sql)
@@ -14,7 +14,7 @@ PGFILEDESC = "lockext - lease-based locks in shared memory"
 # pg_regress suites (sql/, expected/), each on its own temporary instance
 REGRESS        = api cas fence_order badinput capacity scope security txn views encoding gucs admin_1_1 \
                  handle_scan \
-                 fence_limit
+                 fence_limit wait
 REGRESS_OPTS   = --temp-config=$(srcdir)/test/lockext_test.conf --load-extension=lockext \
                  --load-extension=lockext_test
 # isolation specs, generated from test/isolation/prelude.spec + specs/*.spec.in

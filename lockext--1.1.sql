@@ -49,12 +49,13 @@ LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
 -- Inspection.  The function hides lock_id itself (only superusers and
 -- members of the holder's role see it), so calling it directly reveals
--- nothing the view does not.
-CREATE FUNCTION lockext_leases_internal(
+-- nothing the view does not.  (1.0's lockext_leases_internal() and
+-- lockext_stats_internal() had the columns before waiters; 1.1 appends.)
+CREATE FUNCTION lockext_leases_internal_1_1(
     OUT dbid oid, OUT key text, OUT lock_id uuid, OUT fence bigint, OUT ttl_ms bigint,
     OUT acquired_at timestamptz, OUT expires_at timestamptz, OUT remaining_ms bigint,
     OUT renewals bigint, OUT holder oid, OUT pid integer, OUT application_name text,
-    OUT client_addr inet)
+    OUT client_addr inet, OUT waiters bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'lockext_leases_internal'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
@@ -62,20 +63,23 @@ LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 CREATE VIEW lockext_leases AS
     SELECT d.datname, l.key, l.lock_id, l.fence, l.ttl_ms, l.acquired_at, l.expires_at,
            l.remaining_ms, l.renewals, pg_get_userbyid(l.holder) AS holder, l.pid,
-           l.application_name, l.client_addr
-    FROM lockext_leases_internal() l
+           l.application_name, l.client_addr, l.waiters
+    FROM lockext_leases_internal_1_1() l
     LEFT JOIN pg_database d ON d.oid = l.dbid;
 
-CREATE FUNCTION lockext_stats_internal(
+CREATE FUNCTION lockext_stats_internal_1_1(
     OUT acquired bigint, OUT contended bigint, OUT renewed bigint, OUT renew_failed bigint,
     OUT released bigint, OUT release_noop bigint, OUT expired bigint, OUT table_full bigint,
     OUT leases bigint, OUT max_locks integer, OUT high_water bigint,
-    OUT stats_reset timestamptz)
+    OUT stats_reset timestamptz, OUT waiters bigint, OUT waits bigint, OUT wait_timeouts bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'lockext_stats_internal'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 
-CREATE VIEW lockext_stats AS SELECT * FROM lockext_stats_internal();
+CREATE VIEW lockext_stats AS
+    SELECT acquired, contended, renewed, renew_failed, released, release_noop, expired,
+           table_full, leases, max_locks, high_water, stats_reset, waiters, waits, wait_timeouts
+    FROM lockext_stats_internal_1_1();
 
 GRANT SELECT ON lockext_leases, lockext_stats TO PUBLIC;
 
@@ -122,3 +126,16 @@ LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
 REVOKE ALL ON FUNCTION lockext_grace_end() FROM PUBLIC;
 REVOKE ALL ON FUNCTION lockext_fence_resume(bigint) FROM PUBLIC;
+
+-- Waiting for a held key (first come, first served; a release, an eviction
+-- or the holder's expiry hands the lease to the oldest waiter), and several
+-- keys at once, all or none.
+CREATE FUNCTION try_lock(key text, ttl_ms bigint, wait_ms bigint)
+RETURNS lock_handle
+AS 'MODULE_PATHNAME', 'lockext_try_lock_wait'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
+
+CREATE FUNCTION try_lock_all(keys text[], ttl_ms bigint)
+RETURNS SETOF lock_handle
+AS 'MODULE_PATHNAME', 'lockext_try_lock_all'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE ROWS 4;

@@ -13,7 +13,7 @@ RESET ROLE;
 -- another role sees the lease, not its lock_id, not even by calling the SRF
 SET ROLE lockext_bob;
 SELECT key, lock_id IS NULL AS lock_id_hidden, holder FROM lockext_leases WHERE key = 'sec:alice';
-SELECT count(*) AS ids_visible FROM lockext_leases_internal() WHERE lock_id IS NOT NULL;
+SELECT count(*) AS ids_visible FROM lockext_leases_internal_1_1() WHERE lock_id IS NOT NULL;
 SELECT try_lock('sec:alice', 30000) IS NULL AS contended;
 SELECT release('sec:alice', gen_random_uuid()) AS guessed_release;
 \set SHOW_CONTEXT never

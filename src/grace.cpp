@@ -203,6 +203,23 @@ GraceRefusing(int64 now_ns)
 	return (uint64) now_ns < pg_atomic_read_u64(&grace->until_ns);
 }
 
+/*
+ * The lease-clock time a grace in force ends; PG_INT64_MAX while a
+ * promotion grace is pending (it ends later than any deadline known now).
+ * No lock, no I/O.
+ */
+int64
+GraceRefusalEndsNanos(void)
+{
+	uint64		until;
+
+	if (pg_atomic_read_u32(&grace->pending) != 0)
+		return PG_INT64_MAX;
+	pg_read_barrier();
+	until = pg_atomic_read_u64(&grace->until_ns);
+	return until > (uint64) PG_INT64_MAX ? PG_INT64_MAX : (int64) until;
+}
+
 void
 GraceNoteRefusal(void)
 {

@@ -30,6 +30,7 @@
  *	GraceArmPromotion(ceiling)	the server starts in recovery (startup)
  *	GraceOnRecoveryFinished()	arm a pending promotion grace (worker, backends)
  *	GraceRefusing(now_ns)		the grant path's check; no lock, no I/O
+ *	GraceRefusalEndsNanos()		until when (lease clock) a waiter sleeps through a grace
  *	GraceNoteRefusal()			count a refused grant
  *	GraceEnd()					lockext_grace_end()
  *	GraceGetStatus()			lockext_grace()
@@ -75,6 +76,7 @@ extern void GraceStart(LockextGraceReason reason, int64 ttl_ceiling_ms);
 extern void GraceArmPromotion(int64 ttl_ceiling_ms);
 extern void GraceOnRecoveryFinished(void);
 extern bool GraceRefusing(int64 now_ns);
+extern int64 GraceRefusalEndsNanos(void);
 extern void GraceNoteRefusal(void);
 extern bool GraceEnd(void);
 extern void GraceGetStatus(LockextGraceStatus *status, bool in_recovery);

@@ -11,6 +11,7 @@ extern "C"
 
 #include <limits.h>
 
+#include "postmaster/postmaster.h"
 #include "utils/guc.h"
 
 #include "gucs.h"
@@ -22,6 +23,8 @@ int			lockext_max_ttl_ms = 300000;
 int			lockext_recovery_grace_ms = -1;
 bool		lockext_save = true;
 bool		lockext_enable_test_hooks = false;
+int			lockext_max_wait_ms = 60000;
+int			lockext_max_waiters = 100;
 bool		lockext_handle_scan = true;
 
 void
@@ -56,6 +59,17 @@ GucsDefine(void)
 							 gettext_noop("Enables the lockext_test_* functions (for lockext's own tests only)."),
 							 NULL, &lockext_enable_test_hooks, false, PGC_POSTMASTER,
 							 GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lockext.max_wait_ms",
+							gettext_noop("Longest wait try_lock(key, ttl_ms, wait_ms) may ask for."),
+							NULL, &lockext_max_wait_ms, 60000, 0, INT_MAX, PGC_SIGHUP,
+							GUC_UNIT_MS, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lockext.max_waiters",
+							gettext_noop("Most backends waiting for a lock at once, all databases together."),
+							gettext_noop("Each waiter holds a backend (and a pooled connection) for its wait."),
+							&lockext_max_waiters, 100, 0, MAX_BACKENDS, PGC_SIGHUP, 0, NULL, NULL,
+							NULL);
 
 	DefineCustomBoolVariable("lockext.handle_scan",
 							 gettext_noop("Plans SELECT ... FROM try_lock(...) as a lockext handle scan instead of a function scan."),

@@ -22,6 +22,8 @@ extern int	lockext_max_ttl_ms;			/* PGC_SIGHUP */
 extern int	lockext_recovery_grace_ms;	/* PGC_SIGHUP; -1 = cover every granted TTL */
 extern bool lockext_save;				/* PGC_SIGHUP */
 extern bool lockext_enable_test_hooks;	/* PGC_POSTMASTER */
+extern int	lockext_max_wait_ms;		/* PGC_SIGHUP: bound of try_lock(key, ttl, wait_ms) */
+extern int	lockext_max_waiters;		/* PGC_SIGHUP: backends waiting at once */
 extern bool lockext_handle_scan;		/* PGC_USERSET: plan FROM try_lock() as a handle scan */
 
 extern void GucsDefine(void);

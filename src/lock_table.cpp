@@ -39,6 +39,7 @@ extern "C"
 #include "gucs.h"
 #include "lock_table.h"
 #include "shmem.h"
+#include "wait_queue.h"
 }
 
 namespace core = lockext::core;
@@ -333,6 +334,22 @@ FillLease(LockextLease *lease, const LockextGrantRequest *request, int64 fence, 
 	NoteExpiry(lease->expires_ns);
 }
 
+/*
+ * The lease on probe's key ends (released, evicted, expired): its entry
+ * goes to the head waiter, or is removed.  Caller holds the partition lock
+ * EXCLUSIVE.
+ */
+static bool ServeHeadWaiter(const LockextProbeKey *probe, void *entry, int64 now_ns);
+
+static void
+RemoveOrHandOff(const LockextProbeKey *probe, LockextLease *lease, int64 now_ns)
+{
+	void	   *entry = (char *) lease - KeySize();
+
+	if (!WaitQueueHasWaiters(LockTablePartitionOf(probe)) || !ServeHeadWaiter(probe, entry, now_ns))
+		RemoveEntry(probe);
+}
+
 static LockextGrantStatus
 FenceFailure(LockextFenceStatus status, LockextGrantResult *result)
 {
@@ -349,12 +366,72 @@ FenceFailure(LockextFenceStatus status, LockextGrantResult *result)
 }
 
 /*
+ * Hands probe's key to its head waiter, if it has one and the key is free:
+ * entry is the key's entry (expired, or the lease just released or
+ * evicted, which the waiter's lease overwrites in place) or NULL (no
+ * entry: one is inserted).  The waiter's own request fills the lease, then
+ * its latch is set; it wakes up holding it.  A hand-off that fails (no
+ * slot, no fence) fails that waiter, who reports it.  During a grace period
+ * nobody is served: the head waiter sleeps until the grace ends.  True if
+ * the head waiter now holds the key.  Caller holds the partition lock
+ * EXCLUSIVE.
+ */
+static bool
+ServeHeadWaiter(const LockextProbeKey *probe, void *entry, int64 now_ns)
+{
+	LockextWaitSlot *head = WaitQueueHead(probe);
+	LockextFenceStatus fence_status;
+	int64		fence;
+	bool		inserted = false;
+
+	if (head == NULL || GraceRefusing(now_ns))
+		return false;
+	if (entry == NULL)
+	{
+		if (!ReserveSlot())
+		{
+			head->status = LOCKEXT_TABLE_FULL;
+			head->result.live_leases = pg_atomic_read_u32(&table_state->used_slots);
+			goto fail;
+		}
+		inserted = true;
+	}
+	if ((fence_status = FenceNext(&fence)) != LOCKEXT_FENCE_OK)
+	{
+		head->status = FenceFailure(fence_status, &head->result);
+		if (inserted)
+			ReleaseSlot();
+		goto fail;
+	}
+	if (inserted && (entry = InsertEntry(probe)) == NULL)
+	{
+		head->status = LOCKEXT_TABLE_FULL;
+		goto fail;
+	}
+	head->request.wall_now = GetCurrentTimestamp();
+	FillLease(LeaseOf(entry), &head->request, fence, now_ns);
+	Bump(&CountersOf(probe)->v[C_ACQUIRED]);
+	head->fence = fence;
+	head->granted_at = head->request.wall_now;
+	WaitQueueRemove(head);
+	head->state = LOCKEXT_WAIT_GRANTED;
+	WaitQueueWake(head);
+	return true;
+
+fail:
+	WaitQueueRemove(head);
+	head->state = LOCKEXT_WAIT_FAILED;
+	WaitQueueWake(head);
+	return false;
+}
+
+/*
  * One attempt at granting under the partition lock.  *may_sweep is set when
  * the table was full but some lease may have expired since the last sweep.
  */
 static LockextGrantStatus
 GrantOnce(const LockextProbeKey *probe, const LockextGrantRequest *request,
-		  LockextGrantResult *result, bool *may_sweep)
+		  LockextGrantResult *result, bool *may_sweep, LockextWaitSlot *queue_slot)
 {
 	LWLock	   *lock = PartitionLock(probe);
 	PartitionCounters *counters = CountersOf(probe);
@@ -373,6 +450,22 @@ GrantOnce(const LockextProbeKey *probe, const LockextGrantRequest *request,
 			status = LOCKEXT_CONTENDED;
 			break;
 		case core::GrantDecision::ReuseExpired:
+		case core::GrantDecision::InsertNew:
+			if (WaitQueueHasWaiters(LockTablePartitionOf(probe)) && WaitQueueHead(probe) != NULL)
+			{
+				/* first come, first served: a free key with waiters goes to the oldest */
+				if (entry != NULL)
+					Bump(&counters->v[C_EXPIRED]);
+				if (!ServeHeadWaiter(probe, entry, now_ns) && entry != NULL)
+				{
+					RemoveEntry(probe); /* an expired lease nobody was handed */
+					entry = NULL;
+				}
+				status = GraceRefusing(now_ns) ? LOCKEXT_GRACE : LOCKEXT_CONTENDED;
+				break;
+			}
+			if (entry == NULL)
+				goto insert_new;
 			if (GraceRefusing(now_ns))
 				status = LOCKEXT_GRACE;
 			else if ((fence_status = FenceNext(&result->fence)) != LOCKEXT_FENCE_OK)
@@ -380,7 +473,7 @@ GrantOnce(const LockextProbeKey *probe, const LockextGrantRequest *request,
 			else
 				Bump(&counters->v[C_EXPIRED]);
 			break;
-		case core::GrantDecision::InsertNew:
+		insert_new:
 			if (GraceRefusing(now_ns))
 				status = LOCKEXT_GRACE;
 			else if (!ReserveSlot())
@@ -401,6 +494,12 @@ GrantOnce(const LockextProbeKey *probe, const LockextGrantRequest *request,
 	{
 		FillLease(LeaseOf(entry), request, result->fence, now_ns);
 		Bump(&counters->v[C_ACQUIRED]);
+	}
+	else if ((status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE) && queue_slot != NULL)
+	{
+		queue_slot->request = *request;
+		WaitQueueAppend(queue_slot, probe);
+		status = LOCKEXT_QUEUED;
 	}
 	else if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
 		Bump(&counters->v[C_CONTENDED]);
@@ -436,13 +535,20 @@ LockextGrantStatus
 LockTableGrant(const LockextProbeKey *probe, const LockextGrantRequest *request,
 			   LockextGrantResult *result)
 {
+	return LockTableGrantOrQueue(probe, request, result, NULL);
+}
+
+LockextGrantStatus
+LockTableGrantOrQueue(const LockextProbeKey *probe, const LockextGrantRequest *request,
+					  LockextGrantResult *result, LockextWaitSlot *queue_slot)
+{
 	bool		may_sweep;
-	LockextGrantStatus status = GrantOnce(probe, request, result, &may_sweep);
+	LockextGrantStatus status = GrantOnce(probe, request, result, &may_sweep, queue_slot);
 
 	if (status == LOCKEXT_TABLE_FULL && may_sweep)
 	{
 		LockTableSweepExpired();
-		status = GrantOnce(probe, request, result, &may_sweep);
+		status = GrantOnce(probe, request, result, &may_sweep, queue_slot);
 	}
 	if (status == LOCKEXT_TABLE_FULL)
 	{
@@ -545,19 +651,228 @@ LockTableRelease(const LockextProbeKey *probe, const pg_uuid_t *lock_id)
 {
 	LWLock	   *lock = PartitionLock(probe);
 	PartitionCounters *counters = CountersOf(probe);
+	LockextLease *lease;
 	bool		released;
+	int64		now_ns;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	released = HeldLease(probe, lock_id, LockextNowNanos()) != NULL;
+	now_ns = LockextNowNanos();
+	lease = HeldLease(probe, lock_id, now_ns);
+	released = lease != NULL;
 	if (released)
 	{
-		RemoveEntry(probe);
 		Bump(&counters->v[C_RELEASED]);
+		RemoveOrHandOff(probe, lease, now_ns);
 	}
 	else
 		Bump(&counters->v[C_RELEASE_NOOP]);
 	LWLockRelease(lock);
 	return released;
+}
+
+/*
+ * All of n keys granted, each with its own request, or none: the distinct
+ * partitions of the keys are locked EXCLUSIVE in ascending order (the
+ * sweep's order), every key checked (held, or free with waiters queued:
+ * refused), the slots reserved and the fences drawn in array order, the
+ * entries filled, then the locks released in reverse.  A reader, which
+ * takes the partitions in the same order, sees all of the leases or none.
+ * Keys must be distinct (the SQL layer checks).  results[i].fence on
+ * LOCKEXT_GRANTED; result[0] carries a failure's details.
+ */
+LockextGrantStatus
+LockTableGrantAll(const LockextProbeKey *probes, const LockextGrantRequest *requests, int n,
+				  LockextGrantResult *results)
+{
+	bool		locked[LOCKEXT_NUM_PARTITIONS] = {false};
+	void	   *entries[LOCKEXT_MAX_KEYS_PER_CALL];
+	int			reserved = 0;
+	int			contended_at = -1;
+	LockextGrantStatus status = LOCKEXT_GRANTED;
+	int64		now_ns;
+
+	Assert(n > 0 && n <= LOCKEXT_MAX_KEYS_PER_CALL);
+	for (int i = 0; i < n; i++)
+		locked[LockTablePartitionOf(&probes[i])] = true;
+	for (int p = 0; p < LOCKEXT_NUM_PARTITIONS; p++)
+		if (locked[p])
+			LWLockAcquire(LockextLock(LOCKEXT_LOCK_PARTITION0 + p), LW_EXCLUSIVE);
+	now_ns = LockextNowNanos();
+
+	for (int i = 0; i < n && status == LOCKEXT_GRANTED; i++)
+	{
+		void	   *entry = FindEntry(&probes[i]);
+
+		entries[i] = entry;
+		if ((entry != NULL && core::IsLive(LeaseOf(entry)->expires_ns, now_ns)) ||
+			(WaitQueueHasWaiters(LockTablePartitionOf(&probes[i])) && WaitQueueHead(&probes[i]) != NULL))
+		{
+			status = LOCKEXT_CONTENDED;
+			contended_at = i;
+		}
+	}
+	if (status == LOCKEXT_GRANTED && GraceRefusing(now_ns))
+	{
+		status = LOCKEXT_GRACE;
+		contended_at = 0;
+	}
+	for (int i = 0; i < n && status == LOCKEXT_GRANTED; i++)
+	{
+		if (entries[i] != NULL)
+			continue;
+		if (!ReserveSlot())
+		{
+			status = LOCKEXT_TABLE_FULL;
+			results[0].live_leases = pg_atomic_read_u32(&table_state->used_slots);
+			pg_atomic_fetch_add_u64(&table_state->table_full, 1);
+		}
+		else
+			reserved++;
+	}
+	for (int i = 0; i < n && status == LOCKEXT_GRANTED; i++)
+	{
+		LockextFenceStatus fence_status = FenceNext(&results[i].fence);
+
+		if (fence_status != LOCKEXT_FENCE_OK)
+			status = FenceFailure(fence_status, &results[0]);
+	}
+	if (status == LOCKEXT_GRANTED)
+	{
+		for (int i = 0; i < n; i++)
+		{
+			if (entries[i] == NULL)
+			{
+				entries[i] = InsertEntry(&probes[i]);
+				reserved--;
+				Assert(entries[i] != NULL);	/* the slot was reserved: dynahash has room */
+			}
+			else
+				Bump(&CountersOf(&probes[i])->v[C_EXPIRED]);
+			FillLease(LeaseOf(entries[i]), &requests[i], results[i].fence, now_ns);
+			Bump(&CountersOf(&probes[i])->v[C_ACQUIRED]);
+		}
+	}
+	else
+	{
+		while (reserved-- > 0)
+			ReleaseSlot();
+		if (contended_at >= 0)
+			Bump(&CountersOf(&probes[contended_at])->v[C_CONTENDED]);
+	}
+
+	for (int p = LOCKEXT_NUM_PARTITIONS - 1; p >= 0; p--)
+		if (locked[p])
+			LWLockRelease(LockextLock(LOCKEXT_LOCK_PARTITION0 + p));
+	if (status == LOCKEXT_GRACE)
+		GraceNoteRefusal();
+	return status;
+}
+
+/*
+ * One look of a queued waiter at its key: GRANTED (handed the lease; the
+ * fence is in the slot), a failure status (the hand-off failed), or
+ * LOCKEXT_QUEUED with *sleep_until_ns: when to look again if nothing wakes
+ * it (the holder's expiry, or the end of a grace period, for the head
+ * waiter; PG_INT64_MAX for the others, whom a hand-off or a departure
+ * ahead of them wakes).  The head waiter of a free key takes it here.
+ */
+LockextGrantStatus
+LockTableWaitStep(const LockextProbeKey *probe, LockextWaitSlot *slot, LockextGrantResult *result,
+				  int64 *sleep_until_ns)
+{
+	LWLock	   *lock = PartitionLock(probe);
+	LockextGrantStatus status = LOCKEXT_QUEUED;
+	int64		now_ns;
+
+	*sleep_until_ns = PG_INT64_MAX;
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	now_ns = LockextNowNanos();
+	if (slot->state == LOCKEXT_WAIT_QUEUED && WaitQueueHead(probe) == slot)
+	{
+		void	   *entry = FindEntry(probe);
+
+		if (entry == NULL || !core::IsLive(LeaseOf(entry)->expires_ns, now_ns))
+		{
+			if (entry != NULL)
+				Bump(&CountersOf(probe)->v[C_EXPIRED]);
+			if (!ServeHeadWaiter(probe, entry, now_ns) && entry != NULL)
+				RemoveEntry(probe);
+			if (slot->state == LOCKEXT_WAIT_QUEUED)
+				*sleep_until_ns = GraceRefusalEndsNanos();
+		}
+		else
+			*sleep_until_ns = LeaseOf(entry)->expires_ns;
+	}
+	switch (slot->state)
+	{
+		case LOCKEXT_WAIT_GRANTED:
+			status = LOCKEXT_GRANTED;
+			result->fence = slot->fence;
+			slot->state = LOCKEXT_WAIT_IDLE;
+			break;
+		case LOCKEXT_WAIT_FAILED:
+			status = (LockextGrantStatus) slot->status;
+			*result = slot->result;
+			slot->state = LOCKEXT_WAIT_IDLE;
+			break;
+		default:
+			break;
+	}
+	LWLockRelease(lock);
+	return status;
+}
+
+/*
+ * A waiter leaves (its bound passed, or it is interrupted): out of the
+ * queue, the next waiter told (it may be the head now, and the key free);
+ * a lease it was handed meanwhile is released again (nobody else knows its
+ * lock_id), to the next waiter or for good, unless keep_grant: then true
+ * and *fence (the caller returns the handle).  The slot is IDLE after.
+ */
+bool
+LockTableWaitLeave(const LockextProbeKey *probe, LockextWaitSlot *slot, bool keep_grant,
+				   int64 *fence)
+{
+	LWLock	   *lock = PartitionLock(probe);
+	int64		now_ns;
+	bool		granted = false;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	now_ns = LockextNowNanos();
+	if (slot->state == LOCKEXT_WAIT_QUEUED)
+	{
+		LockextWaitSlot *next;
+		void	   *entry;
+
+		WaitQueueRemove(slot);
+		slot->state = LOCKEXT_WAIT_IDLE;
+		entry = FindEntry(probe);
+		if (entry == NULL || !core::IsLive(LeaseOf(entry)->expires_ns, now_ns))
+		{
+			if (!ServeHeadWaiter(probe, entry, now_ns) && (next = WaitQueueHead(probe)) != NULL)
+				WaitQueueWake(next);
+		}
+		else if ((next = WaitQueueHead(probe)) != NULL)
+			WaitQueueWake(next);
+	}
+	else if (slot->state == LOCKEXT_WAIT_GRANTED && keep_grant)
+	{
+		granted = true;
+		*fence = slot->fence;
+	}
+	else if (slot->state == LOCKEXT_WAIT_GRANTED)
+	{
+		LockextLease *lease = HeldLease(probe, &slot->request.lock_id, now_ns);
+
+		if (lease != NULL)
+		{
+			Bump(&CountersOf(probe)->v[C_RELEASED]);
+			RemoveOrHandOff(probe, lease, now_ns);
+		}
+	}
+	slot->state = LOCKEXT_WAIT_IDLE;
+	LWLockRelease(lock);
+	return granted;
 }
 
 /* Operator eviction: removes the entry; true if its lease was live. */
@@ -572,10 +887,12 @@ LockTableEvict(const LockextProbeKey *probe)
 	entry = FindEntry(probe);
 	if (entry)
 	{
-		was_live = core::IsLive(LeaseOf(entry)->expires_ns, LockextNowNanos());
+		int64		now_ns = LockextNowNanos();
+
+		was_live = core::IsLive(LeaseOf(entry)->expires_ns, now_ns);
 		if (!was_live)
 			Bump(&CountersOf(probe)->v[C_EXPIRED]);
-		RemoveEntry(probe);
+		RemoveOrHandOff(probe, LeaseOf(entry), now_ns);
 	}
 	LWLockRelease(lock);
 	return was_live;
@@ -687,8 +1004,10 @@ LockTableCopyLive(int *count)
 		void	   *entry;
 		uint32		n = 0;
 		int64		now_ns;
+		bool		any_waiters;
 
 		AcquireAllPartitions(LW_SHARED);
+		any_waiters = WaitQueueAnyWaiters();
 		if (pg_atomic_read_u32(&table_state->used_slots) > capacity)
 		{
 			ReleaseAllPartitions();
@@ -714,6 +1033,7 @@ LockTableCopyLive(int *count)
 			copy->key[key->len] = '\0';
 			copy->lease = *lease;
 			copy->remaining_ms = core::RemainingMillis(lease->expires_ns, now_ns);
+			copy->waiters = any_waiters ? WaitQueueCountFor(key->dbid, key->bytes, key->len) : 0;
 			n++;
 		}
 		ReleaseAllPartitions();

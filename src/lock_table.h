@@ -10,6 +10,8 @@
  *	LockTableMakeProbe()				a lookup key for (database, key bytes)
  *	LockTableRefuseIfHeld()				the cheap refusal before a grant is prepared
  *	LockTableGrant/Renew/Release/Evict	one lease, check-and-set on lock_id
+ *	LockTableGrantAll()					several keys, all or none (try_lock_all)
+ *	LockTableGrantOrQueue/WaitStep/WaitLeave	waiting for a held key (wait_queue.h)
  *	LockTableSweepExpired()				reclaim every expired slot
  *	LockTableRestore()					put a saved lease back (startup)
  *	LockTableForEachLive()				visit live leases (postmaster, at shutdown)
@@ -24,6 +26,11 @@
  *	  renew, release, evict or reclaim, SHARED to read.
  *	- Grant, renew, release and evict hold exactly one partition lock, for
  *	  O(1) work; the grant may take the durable lock after it (fence.h).
+ *	  GrantAll holds the partitions of its keys, taken in ascending order
+ *	  and released in reverse, like the sweep; the durable lock comes after.
+ *	- The lease that ends by release, eviction or expiry goes to the key's
+ *	  head waiter under the same partition lock (wait_queue.h); a free key
+ *	  with waiters is never granted to anyone else.
  *	  They return with no lock held and never ereport: outcomes are values
  *	  and the SQL layer raises errors after the locks are gone.
  *	- The sweep and the view's copy take every partition lock in ascending
@@ -92,6 +99,7 @@ typedef enum LockextGrantStatus
 	LOCKEXT_FENCE_EXHAUSTED,
 	LOCKEXT_FENCE_WRITE_FAILED, /* result->saved_errno says why */
 	LOCKEXT_FENCE_LOST,			/* fence state lost: lockext_fence_resume() */
+	LOCKEXT_QUEUED,				/* contended, and the caller's wait slot is queued */
 } LockextGrantStatus;
 
 /* What the grant records about the caller, filled by the SQL layer. */
@@ -121,6 +129,7 @@ typedef struct LockextLeaseCopy
 	char	   *key;			/* NUL-terminated, in the copy's key arena */
 	LockextLease lease;
 	int64		remaining_ms;
+	uint32		waiters;		/* backends waiting for this key */
 } LockextLeaseCopy;
 
 /* Event counters behind lockext_stats, summed over partitions. */
@@ -157,6 +166,26 @@ extern bool LockTableRefuseIfHeld(const LockextProbeKey *probe);
 extern LockextGrantStatus LockTableGrant(const LockextProbeKey *probe,
 										 const LockextGrantRequest *request,
 										 LockextGrantResult *result);
+/*
+ * Waiting (wait_queue.h): the grant, or, when the key is held, queue_slot
+ * appended to its waiters (LOCKEXT_QUEUED); then LockTableWaitStep() until
+ * it is granted, and LockTableWaitLeave() whenever the wait ends otherwise.
+ */
+/* try_lock_all(): at most this many keys per call (54000 beyond) */
+#define LOCKEXT_MAX_KEYS_PER_CALL 64
+extern LockextGrantStatus LockTableGrantAll(const LockextProbeKey *probes,
+											const LockextGrantRequest *requests, int n,
+											LockextGrantResult *results);
+struct LockextWaitSlot;
+extern LockextGrantStatus LockTableGrantOrQueue(const LockextProbeKey *probe,
+												const LockextGrantRequest *request,
+												LockextGrantResult *result,
+												struct LockextWaitSlot *queue_slot);
+extern LockextGrantStatus LockTableWaitStep(const LockextProbeKey *probe,
+											struct LockextWaitSlot *slot,
+											LockextGrantResult *result, int64 *sleep_until_ns);
+extern bool LockTableWaitLeave(const LockextProbeKey *probe, struct LockextWaitSlot *slot,
+							   bool keep_grant, int64 *fence);
 /*
  * ttl_ms < 0: keep the lease's own TTL, also above a lowered max_ttl_ms (it
  * was granted; the durable TTL ceiling covers it)

@@ -53,6 +53,7 @@ extern "C"
 #include "persist.h"
 #include "shmem.h"
 #include "sql/handle_scan.h"
+#include "wait_queue.h"
 #include "worker.h"
 
 	PG_MODULE_MAGIC;
@@ -75,6 +76,7 @@ SharedMemorySize(void)
 	size = add_size(size, FenceShmemSize());
 	size = add_size(size, GraceShmemSize());
 	size = add_size(size, LockTableShmemSize());
+	size = add_size(size, WaitQueueShmemSize());
 	return size;
 }
 
@@ -304,6 +306,7 @@ LockextShmemStartup(void)
 	FenceShmemInit();
 	GraceShmemInit();
 	LockTableShmemInit();
+	WaitQueueShmemInit();
 
 	/*
 	 * The postmaster (or a single-user backend) owns persistence: it runs

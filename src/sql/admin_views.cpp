@@ -46,12 +46,16 @@ extern "C"
 #include "gucs.h"
 #include "shmem.h"
 #include "sql/sql_args.h"
+#include "wait_queue.h"
 }
 
 #include "sql/pg_boundary.hpp"
 
+/* 1.0's columns; 1.1's internal functions append waiters (and the wait counters) */
 #define LEASES_COLUMNS 13
+#define LEASES_COLUMNS_1_1 (LEASES_COLUMNS + 1)
 #define STATS_COLUMNS 12
+#define STATS_COLUMNS_1_1 (STATS_COLUMNS + 3)
 
 static Datum
 ClientAddrDatum(const LockextLease *lease, bool *isnull)
@@ -93,10 +97,15 @@ LOCKEXT_SQL_FUNCTION(lockext_leases_internal)
 	int			count;
 	TimestampTz wall_now;
 	bool		see_all = superuser();
+	bool		with_waiters;
 	bool		read_all_stats = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
 
 	LockextRequireLoaded();
 	InitMaterializedSRF(fcinfo, 0);
+	/* lockext_leases_internal_1_1() (1.1) has the waiters column, the 1.0 function not */
+	with_waiters = rsinfo->setDesc->natts == LEASES_COLUMNS_1_1;
+	if (!with_waiters && rsinfo->setDesc->natts != LEASES_COLUMNS)
+		elog(ERROR, "lockext_leases_internal: unexpected result type");
 	copies = LockTableCopyLive(&count);
 	wall_now = GetCurrentTimestamp();
 
@@ -104,8 +113,8 @@ LOCKEXT_SQL_FUNCTION(lockext_leases_internal)
 	{
 		const LockextLeaseCopy *copy = &copies[i];
 		const LockextLease *lease = &copy->lease;
-		Datum		values[LEASES_COLUMNS];
-		bool		nulls[LEASES_COLUMNS];
+		Datum		values[LEASES_COLUMNS_1_1];
+		bool		nulls[LEASES_COLUMNS_1_1];
 		int			c = 0;
 
 		memset(nulls, 0, sizeof(nulls));
@@ -141,6 +150,8 @@ LOCKEXT_SQL_FUNCTION(lockext_leases_internal)
 			nulls[c] = true;
 		c++;
 		Assert(c == LEASES_COLUMNS);
+		if (with_waiters)
+			values[c++] = Int64GetDatum((int64) copy->waiters);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -151,8 +162,8 @@ LOCKEXT_SQL_FUNCTION(lockext_stats_internal)
 {
 	TupleDesc	tupdesc;
 	LockextCounts counts;
-	Datum		values[STATS_COLUMNS];
-	bool		nulls[STATS_COLUMNS];
+	Datum		values[STATS_COLUMNS_1_1];
+	bool		nulls[STATS_COLUMNS_1_1];
 	int			c = 0;
 
 	LockextRequireLoaded();
@@ -174,6 +185,17 @@ LOCKEXT_SQL_FUNCTION(lockext_stats_internal)
 	values[c++] = Int64GetDatum((int64) counts.high_water);
 	values[c++] = TimestampTzGetDatum(counts.stats_reset);
 	Assert(c == STATS_COLUMNS);
+	if (tupdesc->natts == STATS_COLUMNS_1_1)
+	{
+		LockextWaitCounts waits;
+
+		WaitQueueCounts(&waits);
+		values[c++] = Int64GetDatum((int64) waits.waiting_now);
+		values[c++] = Int64GetDatum((int64) waits.waits);
+		values[c++] = Int64GetDatum((int64) waits.wait_timeouts);
+	}
+	else if (tupdesc->natts != STATS_COLUMNS)
+		elog(ERROR, "lockext_stats_internal: unexpected result type");
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
 }
 
@@ -183,6 +205,7 @@ LOCKEXT_SQL_FUNCTION(lockext_stats_reset)
 	(void) fcinfo;
 	LockextRequireLoaded();
 	LockTableResetCounts();
+	WaitQueueResetCounts();
 	PG_RETURN_VOID();
 }
 
@@ -242,8 +265,12 @@ LOCKEXT_SQL_FUNCTION(lockext_grace)
 LOCKEXT_SQL_FUNCTION(lockext_grace_end)
 {
 	(void) fcinfo;
+	bool		ended;
+
 	LockextCheckWritable("lockext_grace_end");
-	PG_RETURN_BOOL(GraceEnd());
+	ended = GraceEnd();
+	WaitQueueWakeAll();			/* head waiters sleeping through the grace take their keys */
+	PG_RETURN_BOOL(ended);
 }
 
 /*

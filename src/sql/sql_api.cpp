@@ -30,10 +30,12 @@ extern "C"
 #include "access/htup_details.h"
 #include "access/tupmacs.h"
 #include "access/xlog.h"
+#include "catalog/pg_type_d.h"
 #include "funcapi.h"
 #include "libpq/libpq-be.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
@@ -45,6 +47,10 @@ extern "C"
 #include "grace.h"
 #include "gucs.h"
 #include "sql/sql_args.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "utils/wait_event.h"
+#include "wait_queue.h"
 }
 
 #include "sql/pg_boundary.hpp"
@@ -246,6 +252,24 @@ HandleFinish(HeapTuple handle, int64 fence)
 	return HeapTupleGetDatum(handle);	/* no external field: nothing to flatten */
 }
 
+/*
+ * HandleFinish() for a lease granted later than HandleStart() assumed (a
+ * waiter's): also stores expires_at, the fixed-width field after the fence.
+ */
+static Datum
+HandleFinishAt(HeapTuple handle, int64 fence, TimestampTz expires_at)
+{
+	HeapTupleHeader td = handle->t_data;
+	char	   *tp = (char *) td + td->t_hoff;
+	Size		off = VARSIZE_ANY(tp) + UUID_LEN;
+
+	off = TYPEALIGN(sizeof(int64), off) + sizeof(int64);	/* ttl_ms */
+	off = TYPEALIGN(sizeof(int64), off) + sizeof(int64);	/* fence */
+	off = TYPEALIGN(sizeof(int64), off);
+	memcpy(tp + off, &expires_at, sizeof(expires_at));
+	return HandleFinish(handle, fence);
+}
+
 /* Raises the error for a grant that neither succeeded nor met contention. */
 static void
 ReportGrantFailure(LockextGrantStatus status, const LockextGrantResult *result)
@@ -324,6 +348,269 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 	if (status != LOCKEXT_GRANTED)
 		ReportGrantFailure(status, &result);
 	return HandleFinish(handle, result.fence);
+}
+
+/*
+ * The wait in progress, for the exit callback: a backend that ends while
+ * it waits (pg_terminate_backend, a client gone, postmaster death) leaves
+ * the queue, and gives back a lease it was handed meanwhile.
+ */
+static LockextWaitSlot *waiting_slot = NULL;
+static bool wait_exit_callback_registered = false;
+
+/* Leaves the queue; true (and *fence) if the wait was handed the lease after all. */
+static bool
+LeaveWait(LockextWaitSlot *slot, bool keep_grant, bool timed_out, int64 *fence)
+{
+	LockextProbeKey probe;
+	bool		granted;
+
+	LockTableMakeProbe(&probe, slot->dbid, slot->key, slot->key_len);
+	granted = LockTableWaitLeave(&probe, slot, keep_grant, fence);
+	WaitQueueLeave(timed_out && !granted);
+	waiting_slot = NULL;
+	return granted;
+}
+
+static void
+LeaveWaitAtExit(int code, Datum arg)
+{
+	int64		fence;
+
+	(void) code;
+	(void) arg;
+	if (waiting_slot != NULL)
+		(void) LeaveWait(waiting_slot, false, false, &fence);
+}
+
+/* Raises 22004/22023 unless wait_ms is in 0..lockext.max_wait_ms. */
+static int64
+CheckWait(Datum wait, bool isnull)
+{
+	int64		wait_ms;
+
+	if (isnull)
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("wait_ms must not be null")));
+	wait_ms = DatumGetInt64(wait);
+	if (wait_ms < 0 || wait_ms > lockext_max_wait_ms)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("wait_ms must be between 0 and %d", lockext_max_wait_ms),
+						errdetail("The requested wait is " INT64_FORMAT " ms.", wait_ms),
+						errhint("The maximum is set by lockext.max_wait_ms.")));
+	return wait_ms;
+}
+
+/*
+ * Sleeps on the latch until the slot is granted or fails, or the deadline
+ * (lease clock) passes: LOCKEXT_QUEUED then.  Interrupts (cancel,
+ * statement_timeout, terminate, a client gone) are served after every
+ * wake-up; the caller's PG_CATCH and the exit callback leave the queue.
+ */
+static LockextGrantStatus
+SleepUntilGranted(const LockextProbeKey *probe, LockextWaitSlot *slot, int64 deadline_ns,
+				  LockextGrantResult *result)
+{
+	for (;;)
+	{
+		int64		sleep_until_ns;
+		int64		now_ns;
+		int64		wake_ns;
+		long		timeout_ms;
+		LockextGrantStatus status = LockTableWaitStep(probe, slot, result, &sleep_until_ns);
+
+		if (status != LOCKEXT_QUEUED)
+			return status;
+		now_ns = LockextNowNanos();
+		if (now_ns >= deadline_ns)
+			return LOCKEXT_QUEUED;
+		wake_ns = Min(deadline_ns, sleep_until_ns);
+		/* round up: waking before the holder's expiry would only sleep again */
+		timeout_ms = (long) Min((wake_ns - now_ns + 999999) / 1000000, (int64) 3600000);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, Max(timeout_ms, 1L),
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * try_lock(key text, ttl_ms bigint, wait_ms bigint) RETURNS lock_handle
+ *		try_lock that waits up to wait_ms for a held key: first come, first
+ *		served; a release, an eviction or the holder's expiry hands the
+ *		lease to the oldest waiter.  NULL when the bound passes.  53400
+ *		beyond lockext.max_waiters.
+ */
+LOCKEXT_SQL_FUNCTION(lockext_try_lock_wait)
+{
+	LockextProbeKey probe;
+	LockextGrantRequest request;
+	LockextGrantResult result;
+	LockextGrantStatus status;
+	LockextWaitSlot *slot;
+	HeapTuple	handle;
+	text	   *key;
+	int64		wait_ms;
+	int64		deadline_ns;
+	int64		fence = 0;
+	volatile bool timed_out = false;
+
+	LockextCheckWritable("try_lock");
+	GraceOnRecoveryFinished();
+	key = LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
+	request.ttl_ms = LockextCheckTtl(PG_GETARG_DATUM(1), PG_ARGISNULL(1));
+	wait_ms = CheckWait(PG_GETARG_DATUM(2), PG_ARGISNULL(2));
+	if (FenceIsLost())
+		ReportGrantFailure(LOCKEXT_FENCE_LOST, &result);
+	RecordTtlCeiling(request.ttl_ms);
+	if (!NextRandomLockId(&request.lock_id))
+		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+						errmsg("could not generate a random lock_id")));
+	request.wall_now = GetCurrentTimestamp();
+	FillRequester(&request);
+	handle = HandleStart(HandleTupleDesc(fcinfo), key, &request);
+
+	slot = wait_ms > 0 ? WaitQueueMySlot() : NULL;
+	if (slot != NULL && !wait_exit_callback_registered)
+	{
+		before_shmem_exit(LeaveWaitAtExit, (Datum) 0);
+		wait_exit_callback_registered = true;
+	}
+	if (slot == NULL || !WaitQueueAdmit())
+	{
+		status = LockTableGrant(&probe, &request, &result);
+		if (status == LOCKEXT_GRANTED)
+			return HandleFinish(handle, result.fence);
+		if ((status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE) && slot != NULL)
+			ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+							errmsg("too many lock waiters"),
+							errdetail("%d backends are waiting for a lockext lock.", lockext_max_waiters),
+							errhint("Increase lockext.max_waiters, or wait less long.")));
+		if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
+			PG_RETURN_NULL();
+		ReportGrantFailure(status, &result);
+	}
+	deadline_ns = LockextNowNanos() + wait_ms * INT64CONST(1000000);
+	status = LockTableGrantOrQueue(&probe, &request, &result, slot);
+	if (status != LOCKEXT_QUEUED)
+		WaitQueueLeave(false);
+	else
+	{
+		waiting_slot = slot;
+		PG_TRY();
+		{
+			status = SleepUntilGranted(&probe, slot, deadline_ns, &result);
+			timed_out = status == LOCKEXT_QUEUED;
+		}
+		PG_CATCH();
+		{
+			if (waiting_slot != NULL)
+				(void) LeaveWait(slot, false, false, &fence);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		if (timed_out)
+		{
+			/* a hand-off may have come after the last look: then it is ours */
+			if (!LeaveWait(slot, true, true, &fence))
+				PG_RETURN_NULL();
+			return HandleFinishAt(handle, fence, slot->granted_at + request.ttl_ms * INT64CONST(1000));
+		}
+		waiting_slot = NULL;
+		WaitQueueLeave(false);
+		if (status == LOCKEXT_GRANTED)
+			return HandleFinishAt(handle, result.fence, slot->granted_at + request.ttl_ms * INT64CONST(1000));
+		ReportGrantFailure(status, &result);
+	}
+	if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
+		PG_RETURN_NULL();
+	if (status != LOCKEXT_GRANTED)
+		ReportGrantFailure(status, &result);
+	return HandleFinish(handle, result.fence);
+}
+
+/*
+ * try_lock_all(keys text[], ttl_ms bigint) RETURNS SETOF lock_handle
+ *		Every key granted (one handle per key, in the order given, fences
+ *		rising in that order) or none (no row) when any is held.  NULL array
+ *		or element 22004; empty, multidimensional or duplicate 22023; more
+ *		than LOCKEXT_MAX_KEYS_PER_CALL keys 54000.
+ */
+LOCKEXT_SQL_FUNCTION(lockext_try_lock_all)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	LockextProbeKey probes[LOCKEXT_MAX_KEYS_PER_CALL];
+	LockextGrantRequest requests[LOCKEXT_MAX_KEYS_PER_CALL];
+	LockextGrantResult results[LOCKEXT_MAX_KEYS_PER_CALL];
+	HeapTuple	handles[LOCKEXT_MAX_KEYS_PER_CALL];
+	LockextGrantStatus status;
+	ArrayType  *keys;
+	Datum	   *elements;
+	bool	   *element_nulls;
+	int			n;
+	int64		ttl_ms;
+	TupleDesc	tupdesc;
+
+	LockextCheckWritable("try_lock_all");
+	GraceOnRecoveryFinished();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("keys must not be null")));
+	keys = PG_GETARG_ARRAYTYPE_P(0);
+	ttl_ms = LockextCheckTtl(PG_GETARG_DATUM(1), PG_ARGISNULL(1));
+	if (ARR_NDIM(keys) > 1)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("keys must be a one-dimensional array")));
+	deconstruct_array(keys, TEXTOID, -1, false, TYPALIGN_INT, &elements, &element_nulls, &n);
+	if (n == 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("keys must not be empty")));
+	if (n > LOCKEXT_MAX_KEYS_PER_CALL)
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						errmsg("try_lock_all takes at most %d keys", LOCKEXT_MAX_KEYS_PER_CALL),
+						errdetail("%d keys were given.", n)));
+	for (int i = 0; i < n; i++)
+	{
+		if (element_nulls[i])
+			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+							errmsg("keys must not contain null"),
+							errdetail("Element %d is null.", i + 1)));
+		(void) LockextProbeFromKeyDatum(&probes[i], elements[i], false);
+		for (int j = 0; j < i; j++)
+			if (probes[j].len == probes[i].len && memcmp(probes[j].bytes, probes[i].bytes, probes[i].len) == 0)
+				ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+								errmsg("keys must not contain duplicates"),
+								errdetail("Elements %d and %d are the same key.", j + 1, i + 1)));
+	}
+	if (FenceIsLost())
+		ReportGrantFailure(LOCKEXT_FENCE_LOST, &results[0]);
+	RecordTtlCeiling(ttl_ms);
+
+	InitMaterializedSRF(fcinfo, 0);
+	tupdesc = HandleTupleDesc(fcinfo);
+	requests[0].ttl_ms = ttl_ms;
+	requests[0].wall_now = GetCurrentTimestamp();
+	FillRequester(&requests[0]);
+	for (int i = 0; i < n; i++)
+	{
+		if (i > 0)
+			requests[i] = requests[0];
+		if (!NextRandomLockId(&requests[i].lock_id))
+			ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+							errmsg("could not generate a random lock_id")));
+		handles[i] = HandleStart(tupdesc, (text *) DatumGetPointer(elements[i]), &requests[i]);
+	}
+
+	status = LockTableGrantAll(probes, requests, n, results);
+	if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
+		return (Datum) 0;
+	if (status != LOCKEXT_GRANTED)
+		ReportGrantFailure(status, &results[0]);
+	/* the leases are held: only the rows remain to be stored */
+	for (int i = 0; i < n; i++)
+	{
+		(void) HandleFinish(handles[i], results[i].fence);
+		tuplestore_puttuple(rsinfo->setResult, handles[i]);
+	}
+	return (Datum) 0;
 }
 
 /* ttl == NULL: keep the lease's own TTL, even above a lowered lockext.max_ttl_ms */

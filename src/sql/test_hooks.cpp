@@ -31,6 +31,7 @@ extern "C"
 #include "gucs.h"
 #include "shmem.h"
 #include "sql/sql_args.h"
+#include "wait_queue.h"
 }
 
 #include "sql/pg_boundary.hpp"
@@ -70,6 +71,7 @@ LOCKEXT_SQL_FUNCTION(lockext_test_clock_advance)
 		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						errmsg("the lockext test clock is not frozen"),
 						errhint("Call lockext_test_clock_freeze() first.")));
+	WaitQueueWakeAll();			/* waiters re-check expiry and their bound */
 	PG_RETURN_VOID();
 }
 
@@ -82,6 +84,7 @@ LOCKEXT_SQL_FUNCTION(lockext_test_clock_release)
 	(void) fcinfo;
 	RequireTestHooks("lockext_test_clock_release");
 	ClockTestRelease();
+	WaitQueueWakeAll();
 	PG_RETURN_VOID();
 }
 
