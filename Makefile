@@ -13,8 +13,8 @@ PGFILEDESC = "lockext - lease-based locks in shared memory"
 
 # pg_regress suites (sql/, expected/), each on its own temporary instance
 REGRESS        = api cas fence_order badinput capacity scope security txn views encoding gucs admin_1_1 \
-                 handle_scan \
-                 fence_limit wait
+                 handle_scan wait \
+                 fence_limit
 REGRESS_OPTS   = --temp-config=$(srcdir)/test/lockext_test.conf --load-extension=lockext \
                  --load-extension=lockext_test
 # isolation specs, generated from test/isolation/prelude.spec + specs/*.spec.in

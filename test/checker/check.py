@@ -32,6 +32,11 @@ the monotonic clock with --wall-minus-mono; the check leaves margins for the tim
 precision and that mapping (a grant counts only if invoked at least 10 ms after the logged
 instant and completed at least 200 ms before the grace ends).
 
+Waiting clients: a try_lock with "wait_ms" (try_lock(key, ttl, wait_ms)) is a grant like
+any other; the server granted it at some g in [invoke, complete] (a hand-off from a
+release, an expiry or a force_release while it waited), so the same window and fence rules
+hold. The driver keeps wait_ms at most half the TTL, so such windows are not empty.
+
 Indeterminate operations (outcome info: the call failed after the request may have been
 executed) give no window and no fence claim; a renew or release that failed or is
 indeterminate never extends a window, and a release ends the window at its invoke time
@@ -195,6 +200,12 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, loss
             stats["errors"] += 1
             stats[f"errors_{o['outcome']}"] += 1
         if o["op"] == "try_lock":
+            if o.get("wait_ms") is not None:
+                stats["waits"] += 1
+                if o["outcome"] == "ok":
+                    stats["wait_grants"] += 1
+                elif o.get("contended"):
+                    stats["wait_timeouts"] += 1
             if o["outcome"] == "ok":
                 g = Grant(o)
                 if g.lock_id in by_lock_id:
@@ -298,6 +309,9 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, loss
         "errors_info": stats["errors_info"],
         "errors_fail": stats["errors_fail"],
         "renew_ok": stats["renew_ok"],
+        "waits": stats["waits"],
+        "wait_grants": stats["wait_grants"],
+        "wait_timeouts": stats["wait_timeouts"],
         "windows": stats["windows"],
         "empty_windows": stats["empty_windows"],
         "mutex_violations": len(mutex),
@@ -320,6 +334,8 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, loss
         f"renewed {report['renew_ok']}",
         f"errors {report['errors']} (indeterminate {report['errors_info']}, "
         f"definite {report['errors_fail']})",
+        f"waiting try_locks {report['waits']}: {report['wait_grants']} granted (their windows "
+        f"are checked like any grant's), {report['wait_timeouts']} ended by their bound",
         f"mutex violations {len(mutex)}",
     ]
     for a, b in mutex[:max_examples]:

@@ -11,6 +11,16 @@
  *                             then release
  *                         ->  contention / error: back off a little, try again
  *
+ * --wait-pct of the threads (the first ones of each process) are waiting clients instead:
+ * they ask with try_lock(key, ttl, wait_ms) over a libpq connection of their own (the
+ * library has no server-side wait yet), one SQL statement per call, so a grant is handed
+ * to them by a release, an expiry or a force_release while they wait. Their TTL is at least
+ * half of --ttl-ms and wait_ms is 25..50 % of it, so the window the checker can prove
+ * ([complete, invoke + ttl)) stays non-empty however long the wait took. A wait that
+ * ends without a grant is logged as contention, like a plain try_lock's NULL; the grant
+ * is logged as a try_lock with its lock_id and fence (plus "wait_ms"), and held, renewed
+ * and released through the library like any other.
+ *
  * The TTL of each try_lock is log-uniform in [--ttl-min-ms, --ttl-ms]; work takes a random
  * share of it, and --overrun-pct of the holders work 100..150 % of their TTL (clients that
  * overrun their lease). Every call
@@ -27,6 +37,8 @@
  * tail of the history is lost).
  */
 #include <lockext/pg_locking_plugin.hpp>
+
+#include <libpq-fe.h>
 
 #include <algorithm>
 #include <atomic>
@@ -66,6 +78,7 @@ struct Config {
     int work_max_pct = 75;
     int overrun_pct = 10;   /* % of holds that work 100..150 % of the TTL */
     int renew_pct = 30;     /* % of holds that renew every ttl/3 while working */
+    int wait_pct = 0;       /* % of the threads that take the lock with a server-side wait */
     int backoff_max_ms = 20;
     int error_sleep_ms = 100;
     double seconds = 15;
@@ -184,6 +197,7 @@ struct Op {
     std::optional<std::int64_t> fence;
     bool contended = false;
     std::string error;
+    std::int64_t wait_ms = -1;  /* try_lock(key, ttl, wait_ms); -1: a plain try_lock */
 };
 
 Op
@@ -216,15 +230,26 @@ public:
     {
     }
 
+    ~Worker()
+    {
+        if (m_conn != nullptr)
+            PQfinish(m_conn);
+    }
+
     void run()
     {
+        const bool waiting = m_thread < (m_cfg.threads * m_cfg.wait_pct + 99) / 100;
         while (mono_ns() < m_deadline) {
             const std::string key =
                 m_cfg.key_prefix + "-k" + std::to_string(uniform(0, m_cfg.keys - 1));
-            const std::uint64_t ttl_ms = pick_ttl();
+            std::uint64_t ttl_ms = pick_ttl();
+            if (waiting)
+                ttl_ms = std::max<std::uint64_t>(ttl_ms, m_cfg.ttl_ms / 2);
             Op op = make_op("try_lock", key, ttl_ms);
+            if (waiting)
+                op.wait_ms = static_cast<std::int64_t>(ttl_ms) * uniform(25, 50) / 100;
             op.invoke_ns = mono_ns();
-            auto r = m_plugin.try_lock(key, ttl_ms);
+            auto r = waiting ? try_lock_wait(key, ttl_ms, op.wait_ms) : m_plugin.try_lock(key, ttl_ms);
             op.complete_ns = mono_ns();
             if (!r) {
                 fail_op(op, r.error());
@@ -248,6 +273,66 @@ public:
     }
 
 private:
+    /*
+     * try_lock(key, ttl_ms, wait_ms) on this thread's own connection (reconnects after a
+     * failure; PQexec, no prepared statement, so it also works through PgBouncer's
+     * transaction pooling). The statement_timeout (SET LOCAL: same implicit transaction)
+     * bounds a wait the server failed to end. Errors read like the library's:
+     * "try_lock failed: [SQLSTATE] message", "outcome unknown" once the request was sent
+     * and no answer came back.
+     */
+    lockext::Result<std::optional<lockext::LockHandle>>
+    try_lock_wait(const std::string &key, std::uint64_t ttl_ms, std::int64_t wait_ms)
+    {
+        if (m_conn != nullptr && PQstatus(m_conn) != CONNECTION_OK) {
+            PQfinish(m_conn);
+            m_conn = nullptr;
+        }
+        if (m_conn == nullptr) {
+            const std::string conninfo =
+                m_cfg.conninfo + " connect_timeout=" + std::to_string(m_cfg.connect_timeout_s);
+            m_conn = PQconnectdb(conninfo.c_str());
+            if (PQstatus(m_conn) != CONNECTION_OK) {
+                std::string e = std::string("try_lock failed: could not connect to server: ") +
+                                PQerrorMessage(m_conn);
+                PQfinish(m_conn);
+                m_conn = nullptr;
+                return std::unexpected(e);
+            }
+        }
+        char *lit = PQescapeLiteral(m_conn, key.c_str(), key.size());
+        if (lit == nullptr)
+            return std::unexpected(std::string("try_lock failed: [22000] cannot quote the key"));
+        const std::string sql =
+            "SET LOCAL statement_timeout = " + std::to_string(wait_ms + m_cfg.statement_timeout_ms) +
+            "; SELECT lock_id, fence, ttl_ms FROM try_lock(" + lit + ", " + std::to_string(ttl_ms) +
+            ", " + std::to_string(wait_ms) + ")";
+        PQfreemem(lit);
+        PGresult *res = PQexec(m_conn, sql.c_str());
+        lockext::Result<std::optional<lockext::LockHandle>> out = std::optional<lockext::LockHandle>{};
+        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 3) {
+            if (!PQgetisnull(res, 0, 0)) {
+                lockext::LockHandle h;
+                h.key = key;
+                h.lock_id = PQgetvalue(res, 0, 0);
+                h.fence = std::stoll(PQgetvalue(res, 0, 1));
+                h.ttl_ms = static_cast<std::uint64_t>(std::stoll(PQgetvalue(res, 0, 2)));
+                out = std::optional<lockext::LockHandle>{h};
+            }
+        } else {
+            const char *state = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
+            std::string msg = PQerrorMessage(m_conn);
+            while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' '))
+                msg.pop_back();
+            /* no SQLSTATE: the connection broke after the request was sent */
+            out = std::unexpected(state != nullptr
+                                      ? "try_lock failed: [" + std::string(state) + "] " + msg
+                                      : "try_lock failed: outcome unknown: " + msg);
+        }
+        PQclear(res);
+        return out;
+    }
+
     /* Works under the lease; granted_at = invoke time of the try_lock that granted it. */
     void hold(const lockext::LockHandle &handle, std::int64_t granted_at)
     {
@@ -326,6 +411,7 @@ private:
                            ",\"fence\":" + (op.fence ? std::to_string(*op.fence) : "null") +
                            ",\"contended\":" + (op.contended ? "true" : "false") +
                            ",\"error\":" + (op.error.empty() ? "null" : json_string(op.error)) +
+                           (op.wait_ms >= 0 ? ",\"wait_ms\":" + std::to_string(op.wait_ms) : "") +
                            "}";
         m_log.write(line);
     }
@@ -360,6 +446,7 @@ private:
     int m_thread;
     std::int64_t m_deadline;
     std::mt19937_64 m_rng;
+    PGconn *m_conn = nullptr;   /* a waiting thread's own connection */
 };
 
 [[noreturn]] void
@@ -369,7 +456,7 @@ usage(const char *argv0)
                  "usage: %s [--conninfo STR] [--out FILE|-] [--proc N] [--threads N] [--keys N]\n"
                  "    [--key-prefix STR] [--ttl-ms N] [--ttl-min-ms N] [--work-min-pct P]\n"
                  "    [--work-max-pct P] [--overrun-pct P] [--renew-pct P] [--backoff-max-ms N]\n"
-                 "    [--error-sleep-ms N]"
+                 "    [--error-sleep-ms N] [--wait-pct P]"
                  " [--seconds S] [--prepared 0|1] [--pool-size N] [--statement-timeout-ms N]\n"
                  "    [--connect-timeout-s N] [--acquire-timeout-ms N] [--seed N] [--procs N]\n",
                  argv0);
@@ -401,6 +488,7 @@ parse(int argc, char **argv)
         else if (a == "--work-max-pct") c.work_max_pct = static_cast<int>(num());
         else if (a == "--overrun-pct") c.overrun_pct = static_cast<int>(num());
         else if (a == "--renew-pct") c.renew_pct = static_cast<int>(num());
+        else if (a == "--wait-pct") c.wait_pct = static_cast<int>(num());
         else if (a == "--backoff-max-ms") c.backoff_max_ms = static_cast<int>(num());
         else if (a == "--error-sleep-ms") c.error_sleep_ms = static_cast<int>(num());
         else if (a == "--seconds") c.seconds = std::stod(v);
@@ -475,7 +563,8 @@ main(int argc, char **argv)
         const std::int64_t deadline = start + static_cast<std::int64_t>(cfg.seconds * 1e9);
         log.write("{\"proc\":" + std::to_string(cfg.proc) + ",\"op\":\"meta\",\"start_ns\":" +
                   std::to_string(start) + ",\"threads\":" + std::to_string(cfg.threads) +
-                  ",\"keys\":" + std::to_string(cfg.keys) + ",\"ttl_ms\":" +
+                  ",\"keys\":" + std::to_string(cfg.keys) + ",\"wait_pct\":" +
+                  std::to_string(cfg.wait_pct) + ",\"ttl_ms\":" +
                   std::to_string(cfg.ttl_ms) + ",\"seed\":" + std::to_string(cfg.seed) +
                   ",\"prepared\":" + (cfg.prepared ? "true" : "false") + "}");
         std::vector<std::thread> threads;

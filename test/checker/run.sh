@@ -19,6 +19,7 @@ RUN_SECONDS=${CHECKER_SECONDS:-15}
 PROCS=${CHECKER_PROCS:-2}          # driver processes per run
 THREADS=${CHECKER_THREADS:-4}      # threads per driver process
 KEYS=${CHECKER_KEYS:-2}
+WAIT_PCT=${CHECKER_WAIT_PCT:-50}   # % of each process' threads that wait on the server
 MAX_TTL=2000                       # lockext.max_ttl_ms, so the crash grace is 2 s
 KEEP=${CHECKER_KEEP:-0}
 ALL_RUNS=(none kill restart pause pgbouncer selftest)
@@ -92,7 +93,7 @@ wall_minus_mono() { # CLOCK_REALTIME - CLOCK_MONOTONIC, ns: maps the server log'
 # --- build the driver -------------------------------------------------------------------
 DRIVER=$WORK/driver
 # shellcheck disable=SC2046
-g++ -std=c++23 -O2 -Wall -Wextra -pthread "$HERE/driver.cpp" $(pkg-config --cflags --libs lockext-client) \
+g++ -std=c++23 -O2 -Wall -Wextra -pthread "$HERE/driver.cpp" $(pkg-config --cflags --libs lockext-client libpq) \
 	-o "$DRIVER" >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; die "driver build failed"; }
 python3 "$HERE/test_check.py" >"$WORK/test_check.log" 2>&1 ||
 	{ cat "$WORK/test_check.log" >&2; die "check.py's own unit tests failed"; }
@@ -203,8 +204,10 @@ run_case() { # name, file prefix
 	conninfo="$PG_DSN application_name=lockext-checker"
 	# TTLs 100..2000 ms (log-uniform); 20 % of holders renew every ttl/3 while working
 	# 1-3 TTLs, the others work 0..75 % of the TTL, or (10 %) overrun it by up to 50 %
+	# half the threads of each process wait on the server (try_lock(key, ttl, wait_ms)),
+	# so grants handed over by a release, expiry or force_release are checked too
 	dargs=(--keys "$KEYS" --threads "$THREADS" --ttl-ms "$MAX_TTL" --ttl-min-ms 100
-		--work-max-pct 75 --overrun-pct 10 --renew-pct 20)
+		--work-max-pct 75 --overrun-pct 10 --renew-pct 20 --wait-pct "$WAIT_PCT")
 	case $name in
 	pgbouncer)
 		start_pgbouncer || { say "pgbouncer did not start"; cat "$WORK/pgb/pgbouncer.log" >&2; }
@@ -217,7 +220,7 @@ run_case() { # name, file prefix
 		# (so a crash usually finds a holder with a long window left), 20 % renew.
 		expect=violations
 		dargs=(--keys 2 --threads "$THREADS" --ttl-ms 2000 --work-min-pct 50 --work-max-pct 100
-			--overrun-pct 0 --renew-pct 20)
+			--overrun-pct 0 --renew-pct 20 --wait-pct "$WAIT_PCT")
 		"${PSQL[@]}" -c 'ALTER SYSTEM SET lockext.recovery_grace_ms = 0' -c 'SELECT pg_reload_conf()' >/dev/null
 		;;
 	esac

@@ -32,6 +32,21 @@ def result(ops):
 
 
 class MutexTest(unittest.TestCase):
+    def test_waiter_handed_the_key_at_release(self):
+        # the waiter invoked while the key was held, was granted when the holder released
+        w = grant(2, 50, 402, "b", 2)
+        w["wait_ms"] = 500
+        self.assertEqual(result([
+            grant(1, 0, 5, "a", 1), op("release", 1, 400, 401, lock_id="a"), w,
+        ]), (0, 0))
+
+    def test_waiter_granted_while_the_holder_holds(self):
+        # a hand-off that did not end the old lease: two holders
+        w = grant(2, 50, 300, "b", 2)
+        w["wait_ms"] = 500
+        report, _ = check.check([grant(1, 0, 5, "a", 1), op("release", 1, 400, 401, lock_id="a"), w])
+        self.assertEqual((report["mutex_violations"], report["waits"], report["wait_grants"]), (1, 1, 1))
+
     def test_sequential_holders_after_release(self):
         self.assertEqual(result([
             grant(1, 0, 5, "a", 1), op("release", 1, 100, 101, lock_id="a"),

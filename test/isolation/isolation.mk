@@ -7,7 +7,9 @@
 # whose expected/ links to the committed test/isolation/expected/.  The generated files
 # stay out of the source tree (build/ is ignored and removed by make clean).
 ISOLATION      = contend expiry renew_vs_expiry renew_vs_release release_vs_reacquire \
-                 foreign_id three_way capacity_race
+                 foreign_id three_way capacity_race \
+                 wait_release wait_expiry wait_bound wait_cancel wait_terminate wait_force_release \
+                 wait_fifo wait_all
 ISOLATION_OPTS = --inputdir=build/isolation \
                  --temp-config=$(srcdir)/test/lockext_test.conf
 
