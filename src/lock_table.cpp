@@ -723,7 +723,6 @@ LockTableGrantAll(const LockextProbeKey *probes, const LockextGrantRequest *requ
 		if (!ReserveSlot())
 		{
 			status = LOCKEXT_TABLE_FULL;
-			results[0].live_leases = pg_atomic_read_u32(&table_state->used_slots);
 			pg_atomic_fetch_add_u64(&table_state->table_full, 1);
 		}
 		else
@@ -756,6 +755,8 @@ LockTableGrantAll(const LockextProbeKey *probes, const LockextGrantRequest *requ
 	{
 		while (reserved-- > 0)
 			ReleaseSlot();
+		/* slots in use by others: what the 53400 message reports */
+		results[0].live_leases = pg_atomic_read_u32(&table_state->used_slots);
 		if (contended_at >= 0)
 			Bump(&CountersOf(&probes[contended_at])->v[C_CONTENDED]);
 	}

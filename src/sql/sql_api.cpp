@@ -600,8 +600,21 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_all)
 	}
 
 	status = LockTableGrantAll(probes, requests, n, results);
+	if (status == LOCKEXT_TABLE_FULL)
+	{
+		/* expired leases may hold the slots: reclaim them and try once more */
+		LockTableSweepExpired();
+		status = LockTableGrantAll(probes, requests, n, results);
+	}
 	if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
 		return (Datum) 0;
+	if (status == LOCKEXT_TABLE_FULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("lock table has no room for %d leases", n),
+				 errdetail("%u of %d slots are in use; none of the keys was granted.",
+						   results[0].live_leases, lockext_max_locks),
+				 errhint("Increase lockext.max_locks (requires restart).")));
 	if (status != LOCKEXT_GRANTED)
 		ReportGrantFailure(status, &results[0]);
 	/* the leases are held: only the rows remain to be stored */
