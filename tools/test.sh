@@ -137,6 +137,7 @@ run_script_suite() {
 has_suite client && run_script_suite client "$top/client/test/run.sh"
 has_suite checker && run_script_suite checker "$top/test/checker/run.sh"
 has_suite bench && run_script_suite bench-smoke "$top/bench/run.sh" --smoke
+has_suite bench && run_script_suite bench-wait-smoke "$top/bench/wait.sh" --smoke
 has_suite exporter && run_script_suite exporter "$top/test/exporter/run.sh"
 has_suite readme && run_script_suite readme "$top/test/readme/run.sh"
 
