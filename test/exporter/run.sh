@@ -102,7 +102,8 @@ psql_as postgres db1 -c "GRANT USAGE ON SCHEMA locks TO lockext_exporter" \
 	-c "ALTER ROLE lockext_exporter IN DATABASE db1 SET search_path = locks, public" || suite_die "GRANT USAGE"
 
 # --- known traffic, as the plain role app ---------------------------------------
-# db1: 3 grants, 2 refused attempts, 1 renew, 2 failed renews, 1 release, 1 no-op release
+# db1: 3 grants, 2 refused attempts, 1 renew, 2 failed renews, 1 release, 1 no-op release,
+# 1 wait of 100 ms that runs out
 out=$(psql_as app db1 -At <<'SQL' 2>&1
 SELECT lock_id AS k1 FROM try_lock('job-1', 600000) \gset
 SELECT lock_id AS k2 FROM try_lock('job-2', 600000) \gset
@@ -114,9 +115,10 @@ SELECT renew('job-1', gen_random_uuid());
 SELECT renew('job-1', gen_random_uuid(), 1000);
 SELECT release('job-3', :'k3');
 SELECT release('job-3', :'k3');
+SELECT lock_id IS NULL FROM try_lock('job-1', 600000, 100);
 SQL
 )
-exp=$'t\nt\nt\nf\nf\nt\nf'
+exp=$'t\nt\nt\nf\nf\nt\nf\nt'
 [ "$out" = "$exp" ] && ok "db1 traffic as planned" || not_ok "db1 traffic: got $(echo "$out" | tr '\n' ' ')"
 
 # db2: the same key is another lock (granted), 1 refused attempt, 5 more grants fill the table
@@ -251,6 +253,9 @@ expect counter lockext_stats_released_total 1
 expect counter lockext_stats_release_noop_total 1
 expect counter lockext_stats_expired_total 0
 expect counter lockext_stats_table_full_total 1
+expect gauge lockext_stats_waiters 0
+expect counter lockext_stats_waits_total 1
+expect counter lockext_stats_wait_timeouts_total 1
 # gauges
 expect gauge lockext_stats_leases 8
 expect gauge lockext_stats_max_locks 8
