@@ -2,13 +2,16 @@
  * client_bench.cpp
  *     Throughput of the lockext client library: try_lock + release cycles per second.
  *
- *     client_bench pg|memory <threads> <seconds> [conninfo] [keys=100000] [hot=0]
+ *     client_bench pg|pg-pipeline[=N]|memory <threads> <seconds> [conninfo] [keys=100000] [hot=0]
  *
  * Each thread loops until the deadline: pick a key uniformly from keys (or the one key
  * "hot" when hot=1), try_lock(key, 60000), and release the handle if granted. One cycle =
  * one attempt (one or two calls). The pg backend gets a pool of <threads> connections
  * with prepared statements, so each thread has a server backend of its own, as pgbench's
- * clients do. Prints one line:
+ * clients do. pg-pipeline: PgOptions::pipeline = true with N shared connections (default
+ * PgOptions::pipeline_connections); its pool (<threads>, opened lazily) serves only what
+ * cannot be pipelined (behind a transaction pooler the plugin falls back to it).
+ * The pg modes first print "server_connections=<n>" on stderr. Then one line on stdout:
  *     cycles=<n> grants=<n> errors=<n> seconds=<s> ops_per_s=<x> avg_latency_us=<x>
  * and exits 1 if any call failed.
  */
@@ -17,6 +20,7 @@
 
 #include "driver.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -32,10 +36,12 @@ main(int argc, char **argv)
 {
     if (argc < 4)
     {
-        std::fprintf(stderr, "usage: %s pg|memory <threads> <seconds> [conninfo] [keys] [hot]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s pg|pg-pipeline[=N]|memory <threads> <seconds> [conninfo] [keys] [hot]\n",
+                     argv[0]);
         return 2;
     }
-    const bool pg = std::strcmp(argv[1], "pg") == 0;
+    const bool pipelined = std::strncmp(argv[1], "pg-pipeline", 11) == 0;
+    const bool pg = pipelined || std::strcmp(argv[1], "pg") == 0;
     const int threads = std::atoi(argv[2]);
     const double seconds = std::atof(argv[3]);
     const std::string conninfo = argc > 4 ? argv[4] : "";
@@ -48,6 +54,14 @@ main(int argc, char **argv)
         lockext::PgOptions options;
         options.pool_size = static_cast<std::size_t>(threads);
         options.prepared_statements = true;
+        if (pipelined)
+        {
+            options.pipeline = true; // the pool (opened lazily) serves only what cannot be pipelined
+            if (argv[1][11] == '=')
+                options.pipeline_connections = static_cast<std::size_t>(std::atol(argv[1] + 12));
+        }
+        std::fprintf(stderr, "server_connections=%zu\n",
+                     pipelined ? std::max<std::size_t>(options.pipeline_connections, 1) : options.pool_size);
         locks = std::make_unique<lockext::PgLockingPlugin>(conninfo, options);
     }
     else

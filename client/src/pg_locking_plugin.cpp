@@ -54,6 +54,7 @@
 #include <lockext/boot_clock.hpp>
 
 #include "errors_internal.hpp"
+#include "pg_pipeline.hpp"
 #include "pg_pool.hpp"
 #include "validate.hpp"
 
@@ -63,21 +64,18 @@ namespace lockext
 namespace
 {
 
+using detail::await_result;
+using detail::breaks_connection;
+using detail::connection_failure;
+using detail::Deadline;
 using detail::failure;
+using detail::failure_from;
+using detail::flush_all;
 using detail::make_failure;
+using detail::PgResult;
+using detail::Reply;
 using Clock = BootClock;
 using std::chrono::milliseconds;
-
-struct ResultCloser
-{
-	void operator()(PGresult *res) const noexcept
-	{
-		PQclear(res);
-	}
-};
-using PgResult = std::unique_ptr<PGresult, ResultCloser>;
-/* The reply to one statement, or its failure (message without "<op> failed: "). */
-using Reply = std::expected<PgResult, Failure>;
 
 enum Statement : unsigned
 {
@@ -91,6 +89,8 @@ enum Statement : unsigned
 constexpr std::array<const char *, kStatementCount> kOpNames = {"try_lock", "renew", "release",
 																"grace_status"};
 constexpr std::array<int, kStatementCount> kParamCount = {2, 3, 2, 0};
+/* try_lock's lock_handle comes back in binary (record_send) format, see decode_handle. */
+constexpr std::array<int, kStatementCount> kResultFormat = {1, 0, 0, 0};
 
 enum class NamedMode
 {
@@ -129,133 +129,6 @@ statement_name(const char *op, const std::string &sql)
 	return std::string("lockext_") + op + "_" + std::string(hex, end);
 }
 
-/* The connection is broken or in an unknown state after this failure. */
-bool
-breaks_connection(const Failure &f) noexcept
-{
-	return f.kind == FailureKind::ConnectionLost ||
-		   (f.kind == FailureKind::Timeout && f.sqlstate.empty());
-}
-
-/* A failure of one statement; sent = the request may have reached the server. */
-Failure
-failure_from(PGconn *conn, const PGresult *res, bool sent)
-{
-	Failure f;
-	const char *state = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
-	f.sqlstate = state != nullptr ? state : "";
-	if (!f.sqlstate.empty())
-	{
-		f.message = "[" + f.sqlstate + "] " +
-					detail::one_line(PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
-		if (const char *d = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL))
-			f.message += "; detail: " + detail::one_line(d);
-		if (const char *h = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT))
-			f.message += "; hint: " + detail::one_line(h);
-	}
-	else
-	{
-		f.message =
-			detail::one_line(res != nullptr ? PQresultErrorMessage(res) : PQerrorMessage(conn));
-		if (f.message.empty())
-			f.message = detail::one_line(PQerrorMessage(conn));
-	}
-	f.kind = detail::classify_statement_sqlstate(f.sqlstate);
-	if (PQstatus(conn) != CONNECTION_OK)
-		f.kind = FailureKind::ConnectionLost;
-	f.outcome_unknown = sent && breaks_connection(f);
-	return f;
-}
-
-Failure
-connection_failure(PGconn *conn, bool sent)
-{
-	Failure f = failure_from(conn, nullptr, sent);
-	f.kind = FailureKind::ConnectionLost;
-	f.outcome_unknown = sent;
-	return f;
-}
-
-/* The deadline of one statement: which option set it, for the message. */
-struct Deadline
-{
-	Clock::time_point at = Clock::time_point::max();
-	const char *option = "statement_timeout"; // or "call_timeout"
-};
-
-Failure
-timeout_failure(bool sent, const Deadline &deadline)
-{
-	return make_failure(FailureKind::Timeout,
-						std::string("no reply within ") + deadline.option +
-							"; the connection was discarded",
-						"", sent);
-}
-
-/* Flushes what PQsend* queued, on a non-blocking connection, until deadline. */
-Outcome<void>
-flush_all(PGconn *conn, const Deadline &deadline)
-{
-	for (;;)
-	{
-		const int r = PQflush(conn);
-		if (r == 0)
-			return {};
-		if (r < 0)
-			return std::unexpected(connection_failure(conn, true));
-		if (auto w = detail::wait_socket(PQsocket(conn), true, true, deadline.at); !w)
-			return std::unexpected(w.error().kind == FailureKind::Timeout
-									   ? timeout_failure(true, deadline)
-									   : w.error());
-		/* libpq: when the socket is read-ready, consume input before flushing again. */
-		if (PQconsumeInput(conn) == 0)
-			return std::unexpected(connection_failure(conn, true));
-	}
-}
-
-/*
- * Waits for the reply of a request already sent (and flushed) on conn and returns its
- * first result, or its first error result when a later one is an error (an
- * ErrorResponse after CommandComplete, e.g. a deferred constraint failing at the
- * implicit commit: the statement's effect was rolled back, so its rows must not be
- * believed), after reading every result up to the end of the reply so that the
- * connection is idle again. Never blocks past deadline (max() = no deadline): each
- * PQgetResult is called only when PQisBusy says it will not block.
- */
-Reply
-await_result(PGconn *conn, const Deadline &deadline)
-{
-	PgResult first;
-	bool first_is_error = false;
-	for (;;)
-	{
-		while (PQisBusy(conn))
-		{
-			if (auto w = detail::wait_socket(PQsocket(conn), true, false, deadline.at); !w)
-				return std::unexpected(w.error().kind == FailureKind::Timeout
-										   ? timeout_failure(true, deadline)
-										   : w.error());
-			if (PQconsumeInput(conn) == 0)
-				return std::unexpected(connection_failure(conn, true));
-		}
-		PGresult *res = PQgetResult(conn);
-		if (res == nullptr)
-			break;
-		const ExecStatusType st = PQresultStatus(res);
-		const bool is_error = st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE;
-		if (!first || (is_error && !first_is_error))
-		{
-			first.reset(res);
-			first_is_error = is_error;
-		}
-		else
-			PQclear(res);
-	}
-	if (!first)
-		return std::unexpected(connection_failure(conn, true));
-	return first;
-}
-
 /* PgOptions::call_timeout, or the default it documents when 0: acquire_timeout + the
  * connect budget (connect_timeout, or 10 s when that is 0) + statement_timeout; no
  * deadline when call_timeout < 0. */
@@ -283,6 +156,9 @@ struct PgLockingPlugin::Impl
 	std::atomic<bool> unnamed{false};          // Auto mode switched to unnamed statements
 	std::optional<Failure> bad_conninfo;       // the conninfo does not parse
 	std::chrono::milliseconds call_timeout{0}; // effective PgOptions::call_timeout, 0 = none
+	/* PgOptions::pipeline: try_lock/renew/release share these connections; grace_status
+	 * (and any call that could wait on the server) keeps using the pool. */
+	std::unique_ptr<detail::PgPipeline> pipeline;
 
 	Impl(std::string conninfo, PgOptions opts)
 		: options(std::move(opts)),
@@ -290,8 +166,7 @@ struct PgLockingPlugin::Impl
 									options.connect_timeout, options.acquire_timeout})
 	{
 		const std::string q = qualifier(options.schema);
-		sql[kTryLock] =
-			"SELECT lock_id::text, fence, ttl_ms FROM " + q + "try_lock($1::text, $2::bigint)";
+		sql[kTryLock] = "SELECT " + q + "try_lock($1::text, $2::bigint)";
 		sql[kRenew] = "SELECT " + q + "renew($1::text, $2::uuid, $3::bigint)";
 		sql[kRelease] = "SELECT " + q + "release($1::text, $2::uuid)";
 		sql[kGrace] = "SELECT active, reason, remaining_ms FROM " + q + "lockext_grace()";
@@ -309,6 +184,18 @@ struct PgLockingPlugin::Impl
 				mode = NamedMode::Off;
 			else if (v == "auto")
 				mode = NamedMode::Auto;
+		}
+
+		if (options.pipeline)
+		{
+			detail::PgPipelineConfig config;
+			config.pool = detail::PgPoolConfig{
+				conninfo, std::max<std::size_t>(options.pipeline_connections, 1),
+				options.connect_timeout, options.acquire_timeout};
+			for (unsigned i = 0; i < kStatementCount; ++i)
+				config.statements.push_back(
+					detail::PipelineStatement{names[i], sql[i], kParamCount[i], kResultFormat[i]});
+			pipeline = std::make_unique<detail::PgPipeline>(std::move(config));
 		}
 
 		char *err = nullptr;
@@ -332,6 +219,14 @@ struct PgLockingPlugin::Impl
 	bool use_named() const noexcept
 	{
 		return mode == NamedMode::On || (mode == NamedMode::Auto && !unnamed.load());
+	}
+
+	std::atomic<bool> bypass_logged{false};
+	void log_bypass_once()
+	{
+		if (!bypass_logged.exchange(true))
+			log("a connection pooler sits between client and server (its backend pid differs "
+				"from the server's): pipeline mode is off, calls use the connection pool");
 	}
 
 	void switch_to_unnamed(const Failure &why)
@@ -369,9 +264,9 @@ struct PgLockingPlugin::Impl
 			prepared |= 1u << s;
 		}
 		int sent = named ? PQsendQueryPrepared(conn, names[s].c_str(), kParamCount[s], params,
-											   nullptr, nullptr, 0)
+											   nullptr, nullptr, kResultFormat[s])
 						 : PQsendQueryParams(conn, sql[s].c_str(), kParamCount[s], nullptr, params,
-											 nullptr, nullptr, 0);
+											 nullptr, nullptr, kResultFormat[s]);
 		if (sent == 0)
 			return std::unexpected(connection_failure(conn, false));
 		if (auto f = flush_all(conn, deadline); !f)
@@ -382,8 +277,9 @@ struct PgLockingPlugin::Impl
 		return res;
 	}
 
-	/* The public failure for a failed statement; discards broken connections. */
-	Failure report(Statement s, detail::PgPool::Borrowed &conn, Failure fail, bool named)
+	/* The public failure for a failed statement; discards broken connections (conn =
+	 * nullptr: a pipelined call, whose connection the pipeline looks after). */
+	Failure report(Statement s, detail::PgPool::Borrowed *conn, Failure fail, bool named)
 	{
 		const bool broken = breaks_connection(fail);
 		bool discard = broken;
@@ -403,10 +299,20 @@ struct PgLockingPlugin::Impl
 			/* A standby or read-only primary: drop this connection and the idle ones so
 			 * that the next call connects anew (DNS- or proxy-based failover). */
 			discard = true;
-			conn.discard();
-			pool.drop_idle();
+			if (conn != nullptr)
+			{
+				conn->discard();
+				pool.drop_idle();
+			}
 		}
-		if (broken && fail.outcome_unknown)
+		if (conn == nullptr && fail.kind == FailureKind::Timeout && fail.outcome_unknown)
+		{
+			std::string msg = "outcome unknown";
+			if (s == kTryLock)
+				msg += " (a lease may have been granted; it expires after its TTL)";
+			fail.message = msg + ": " + fail.message;
+		}
+		else if (broken && fail.outcome_unknown)
 		{
 			std::string msg = "outcome unknown, the connection failed after the request was sent";
 			if (s == kTryLock)
@@ -415,14 +321,26 @@ struct PgLockingPlugin::Impl
 		}
 		else if (broken && fail.kind != FailureKind::Timeout)
 			fail.message = "connection failed: " + fail.message;
-		if (discard)
+		if (discard && conn != nullptr)
 		{
-			conn.discard();
+			conn->discard();
 			if (broken)
 				pool.drop_idle();
 		}
 		fail.message = failure(kOpNames[s], fail.message);
 		return fail;
+	}
+
+	/* The deadline of a statement starting now: statement_timeout, or the call's deadline
+	 * when that comes first. */
+	Deadline statement_deadline(Clock::time_point call_deadline) const
+	{
+		Deadline deadline;
+		if (options.statement_timeout.count() > 0)
+			deadline.at = Clock::now() + options.statement_timeout;
+		if (call_deadline < deadline.at)
+			deadline = Deadline{call_deadline, "call_timeout"};
+		return deadline;
 	}
 
 	/* Runs statement s with params on a pooled connection. */
@@ -438,6 +356,14 @@ struct PgLockingPlugin::Impl
 		 * host) and the statement (see PgOptions::call_timeout). */
 		const auto call_deadline =
 			call_timeout.count() > 0 ? Clock::now() + call_timeout : Clock::time_point::max();
+		if (pipeline && s != kGrace && !pipeline->bypassed())
+		{
+			bool use_pool = false;
+			auto res = execute_pipelined(s, params, call_deadline, use_pool);
+			if (!use_pool)
+				return res;
+			log_bypass_once();
+		}
 		auto conn = pool.acquire(call_deadline);
 		if (!conn)
 		{
@@ -445,11 +371,7 @@ struct PgLockingPlugin::Impl
 			f.message = failure(kOpNames[s], f.message);
 			return std::unexpected(std::move(f));
 		}
-		Deadline deadline;
-		if (options.statement_timeout.count() > 0)
-			deadline.at = Clock::now() + options.statement_timeout;
-		if (call_deadline < deadline.at)
-			deadline = Deadline{call_deadline, "call_timeout"};
+		const Deadline deadline = statement_deadline(call_deadline);
 		PGconn *pg = (*conn)->conn.get();
 		bool named = use_named();
 		auto res = send_and_wait(pg, (*conn)->prepared, s, params, deadline, named);
@@ -463,7 +385,31 @@ struct PgLockingPlugin::Impl
 			res = send_and_wait(pg, (*conn)->prepared, s, params, deadline, named);
 		}
 		if (!res)
-			return std::unexpected(report(s, *conn, std::move(res.error()), named));
+			return std::unexpected(report(s, &*conn, std::move(res.error()), named));
+		return res;
+	}
+
+	/* execute() through the pipeline: the same statement-mode fallback (a pooler's
+	 * 42P05/26000 switches to unnamed statements and retries once: nothing ran). */
+	Reply execute_pipelined(Statement s, const char *const *params, Clock::time_point call_deadline,
+							bool &use_pool)
+	{
+		const Deadline deadline = statement_deadline(call_deadline);
+		bool named = use_named();
+		auto res = pipeline->execute(s, params, named, deadline, call_deadline, &use_pool);
+		if (use_pool)
+			return res;
+		if (!res && named && mode == NamedMode::Auto &&
+			detail::is_pooler_statement_sqlstate(res.error().sqlstate))
+		{
+			switch_to_unnamed(res.error());
+			named = false;
+			res = pipeline->execute(s, params, named, deadline, call_deadline, &use_pool);
+			if (use_pool)
+				return res;
+		}
+		if (!res)
+			return std::unexpected(report(s, nullptr, std::move(res.error()), named));
 		return res;
 	}
 };
@@ -501,6 +447,119 @@ parse_number(const char *text, T &out)
 	return ec == std::errc() && ptr == end;
 }
 
+/* Big-endian integers of the binary wire format. */
+std::uint32_t
+read_u32(const unsigned char *p) noexcept
+{
+	return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) |
+		   std::uint32_t{p[3]};
+}
+
+std::int64_t
+read_i64(const unsigned char *p) noexcept
+{
+	return static_cast<std::int64_t>((std::uint64_t{read_u32(p)} << 32) | read_u32(p + 4));
+}
+
+/* The canonical (lower-case 8-4-4-4-12) text of a 16-byte binary uuid. */
+std::string
+uuid_text(const unsigned char *p)
+{
+	static constexpr char kHex[] = "0123456789abcdef";
+	std::string out(36, '-');
+	std::size_t at = 0;
+	for (int i = 0; i < 16; ++i)
+	{
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			++at; // the hyphen already there
+		out[at++] = kHex[p[i] >> 4];
+		out[at++] = kHex[p[i] & 0xF];
+	}
+	return out;
+}
+
+/*
+ * try_lock's reply: one row, one column, the lock_handle composite in binary format
+ * (record_send: int32 column count, then per column int32 type oid, int32 length (-1 =
+ * NULL) and the bytes), or NULL on contention. The columns (spec §2, the same in
+ * extension 1.0 and 1.1): key text, lock_id uuid, ttl_ms int8, fence int8, expires_at
+ * timestamptz; later columns (a future version) are skipped. Anything else is a
+ * Protocol failure, never a crash and never contention; a key other than the one asked
+ * for (a reply matched to the wrong request) is one too.
+ */
+Outcome<std::optional<LockHandle>>
+decode_handle(const PGresult *res, std::string key)
+{
+	constexpr Oid kTextOid = 25, kUuidOid = 2950, kInt8Oid = 20, kTimestamptzOid = 1184;
+	auto bad = [&](const std::string &why) -> Outcome<std::optional<LockHandle>>
+	{
+		return std::unexpected(make_failure(
+			FailureKind::Protocol,
+			failure("try_lock", "unexpected reply from the server (" + why +
+									"): is the lockext extension installed at the expected "
+									"version?")));
+	};
+	if (PQntuples(res) != 1 || PQnfields(res) != 1)
+		return bad(std::to_string(PQntuples(res)) + " rows, " + std::to_string(PQnfields(res)) +
+				   " columns");
+	if (PQgetisnull(res, 0, 0))
+		return std::optional<LockHandle>{}; // contention
+	if (PQfformat(res, 0) != 1)
+		return bad("lock_handle not in binary format");
+	const auto *data = reinterpret_cast<const unsigned char *>(PQgetvalue(res, 0, 0));
+	const std::size_t size = static_cast<std::size_t>(std::max(PQgetlength(res, 0, 0), 0));
+	std::size_t at = 0;
+	if (size < 4)
+		return bad("lock_handle of " + std::to_string(size) + " bytes");
+	const std::uint32_t columns = read_u32(data);
+	at = 4;
+	if (columns < 5 || columns > 1600)
+		return bad("lock_handle with " + std::to_string(columns) + " columns");
+	struct Field
+	{
+		Oid oid;
+		std::int32_t length; // -1 = NULL
+		const unsigned char *bytes;
+	};
+	Field fields[5]{};
+	for (std::uint32_t i = 0; i < columns; ++i)
+	{
+		if (size - at < 8)
+			return bad("lock_handle truncated in column " + std::to_string(i + 1));
+		const Field f{read_u32(data + at), static_cast<std::int32_t>(read_u32(data + at + 4)),
+					  data + at + 8};
+		at += 8;
+		if (f.length < -1 || (f.length > 0 && static_cast<std::size_t>(f.length) > size - at))
+			return bad("lock_handle column " + std::to_string(i + 1) + " has a bad length");
+		if (f.length > 0)
+			at += static_cast<std::size_t>(f.length);
+		if (i < 5)
+			fields[i] = f;
+	}
+	if (at != size)
+		return bad("lock_handle with trailing bytes");
+	const Oid expected_oid[5] = {kTextOid, kUuidOid, kInt8Oid, kInt8Oid, kTimestamptzOid};
+	const std::int32_t expected_length[5] = {-2, 16, 8, 8, 8}; // -2: any non-NULL
+	for (int i = 0; i < 5; ++i)
+	{
+		if (fields[i].oid != expected_oid[i])
+			return bad("lock_handle column " + std::to_string(i + 1) + " has type oid " +
+					   std::to_string(fields[i].oid));
+		if (fields[i].length < 0 ||
+			(expected_length[i] >= 0 && fields[i].length != expected_length[i]))
+			return bad("lock_handle column " + std::to_string(i + 1) + " is NULL or " +
+					   std::to_string(fields[i].length) + " bytes long");
+	}
+	if (std::string_view(reinterpret_cast<const char *>(fields[0].bytes),
+						 static_cast<std::size_t>(fields[0].length)) != key)
+		return bad("the lock_handle is for another key");
+	const std::int64_t ttl = read_i64(fields[2].bytes);
+	if (ttl <= 0)
+		return bad("ttl_ms " + std::to_string(ttl));
+	return LockHandle{std::move(key), uuid_text(fields[1].bytes), static_cast<std::uint64_t>(ttl),
+					  read_i64(fields[3].bytes)};
+}
+
 } // namespace
 
 PgLockingPlugin::PgLockingPlugin(std::string conninfo, PgOptions options)
@@ -517,23 +576,14 @@ PgLockingPlugin::try_lock_outcome(std::string_view key, std::uint64_t ttl_ms)
 		return std::unexpected(std::move(ok.error()));
 	if (auto ok = detail::check_ttl("try_lock", ttl_ms, std::nullopt); !ok)
 		return std::unexpected(std::move(ok.error()));
-	const std::string key_text(key);
-	const std::string ttl_text = std::to_string(ttl_ms);
-	const char *params[] = {key_text.c_str(), ttl_text.c_str()};
+	std::string key_text(key);
+	char ttl_text[24];
+	*std::to_chars(ttl_text, ttl_text + sizeof ttl_text - 1, ttl_ms).ptr = '\0';
+	const char *params[] = {key_text.c_str(), ttl_text};
 	auto res = m_impl->execute(kTryLock, params);
 	if (!res)
 		return std::unexpected(std::move(res.error()));
-	const PGresult *r = res->get();
-	if (PQntuples(r) != 1 || PQnfields(r) != 3)
-		return std::unexpected(bad_reply("try_lock", r));
-	if (PQgetisnull(r, 0, 0))
-		return std::optional<LockHandle>{}; // contention
-	LockHandle handle{key_text, PQgetvalue(r, 0, 0), 0, 0};
-	if (PQgetisnull(r, 0, 1) || PQgetisnull(r, 0, 2) ||
-		!parse_number(PQgetvalue(r, 0, 1), handle.fence) ||
-		!parse_number(PQgetvalue(r, 0, 2), handle.ttl_ms))
-		return std::unexpected(bad_reply("try_lock", r));
-	return handle;
+	return decode_handle(res->get(), std::move(key_text));
 }
 
 Outcome<void>
@@ -611,6 +661,8 @@ Result<void>
 PgLockingPlugin::cleanup()
 {
 	m_impl->pool.close();
+	if (m_impl->pipeline)
+		m_impl->pipeline->close();
 	return {};
 }
 

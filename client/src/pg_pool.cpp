@@ -68,13 +68,22 @@ namespace
  * readable is the server going away (a FATAL such as 57P01 at shutdown followed by EOF,
  * pg_terminate_backend, a pooler closing it) or, rarely, a NOTICE/ParameterStatus; the
  * connection is dropped in every case (libpq would report a buffered FATAL only as the
- * result of the next query). Costs one poll(2) with zero timeout.
+ * result of the next query). Costs one poll(2) with zero timeout, paid only by a
+ * connection idle for kRecheckIdleAfter or longer.
  */
+constexpr std::chrono::milliseconds kRecheckIdleAfter{2};
+
 bool
-looks_alive(PGconn *conn) noexcept
+looks_alive(const PgConnection &connection) noexcept
 {
+	PGconn *conn = connection.conn.get();
 	if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE)
 		return false;
+	/* A connection given back moments ago (a busy pool hands the same connections
+	 * around every few microseconds) is not polled again: what the poll could find
+	 * (the server going away) is no likelier in that instant than during the call. */
+	if (BootClock::now() - connection.idle_since < kRecheckIdleAfter)
+		return true;
 	pollfd pfd{PQsocket(conn), POLLIN, 0};
 	if (pfd.fd < 0)
 		return false;
@@ -88,6 +97,131 @@ close_all(std::vector<std::unique_ptr<PgConnection>> conns) noexcept
 	conns.clear(); // PQfinish each, outside the pool mutex
 }
 
+} // namespace
+
+/* The connection is broken or in an unknown state after this failure. */
+bool
+breaks_connection(const Failure &f) noexcept
+{
+	return f.kind == FailureKind::ConnectionLost ||
+		   (f.kind == FailureKind::Timeout && f.sqlstate.empty());
+}
+
+/* A failure of one statement; sent = the request may have reached the server. */
+Failure
+failure_from(PGconn *conn, const PGresult *res, bool sent)
+{
+	Failure f;
+	const char *state = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
+	f.sqlstate = state != nullptr ? state : "";
+	if (!f.sqlstate.empty())
+	{
+		f.message =
+			"[" + f.sqlstate + "] " + one_line(PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+		if (const char *d = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL))
+			f.message += "; detail: " + one_line(d);
+		if (const char *h = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT))
+			f.message += "; hint: " + one_line(h);
+	}
+	else
+	{
+		f.message = one_line(res != nullptr ? PQresultErrorMessage(res) : PQerrorMessage(conn));
+		if (f.message.empty())
+			f.message = one_line(PQerrorMessage(conn));
+	}
+	f.kind = classify_statement_sqlstate(f.sqlstate);
+	if (PQstatus(conn) != CONNECTION_OK)
+		f.kind = FailureKind::ConnectionLost;
+	f.outcome_unknown = sent && breaks_connection(f);
+	return f;
+}
+
+Failure
+connection_failure(PGconn *conn, bool sent)
+{
+	Failure f = failure_from(conn, nullptr, sent);
+	f.kind = FailureKind::ConnectionLost;
+	f.outcome_unknown = sent;
+	return f;
+}
+
+Failure
+timeout_failure(bool sent, const Deadline &deadline)
+{
+	return make_failure(FailureKind::Timeout,
+						std::string("no reply within ") + deadline.option +
+							"; the connection was discarded",
+						"", sent);
+}
+
+/* Flushes what PQsend* queued, on a non-blocking connection, until deadline. */
+Outcome<void>
+flush_all(PGconn *conn, const Deadline &deadline)
+{
+	for (;;)
+	{
+		const int r = PQflush(conn);
+		if (r == 0)
+			return {};
+		if (r < 0)
+			return std::unexpected(connection_failure(conn, true));
+		if (auto w = wait_socket(PQsocket(conn), true, true, deadline.at); !w)
+			return std::unexpected(w.error().kind == FailureKind::Timeout
+									   ? timeout_failure(true, deadline)
+									   : w.error());
+		/* libpq: when the socket is read-ready, consume input before flushing again. */
+		if (PQconsumeInput(conn) == 0)
+			return std::unexpected(connection_failure(conn, true));
+	}
+}
+
+/*
+ * Waits for the reply of a request already sent (and flushed) on conn and returns its
+ * first result, or its first error result when a later one is an error (an
+ * ErrorResponse after CommandComplete, e.g. a deferred constraint failing at the
+ * implicit commit: the statement's effect was rolled back, so its rows must not be
+ * believed), after reading every result up to the end of the reply so that the
+ * connection is idle again. Never blocks past deadline (max() = no deadline): each
+ * PQgetResult is called only when PQisBusy says it will not block.
+ */
+Reply
+await_result(PGconn *conn, const Deadline &deadline)
+{
+	PgResult first;
+	bool first_is_error = false;
+	for (;;)
+	{
+		while (PQisBusy(conn))
+		{
+			if (auto w = wait_socket(PQsocket(conn), true, false, deadline.at); !w)
+				return std::unexpected(w.error().kind == FailureKind::Timeout
+										   ? timeout_failure(true, deadline)
+										   : w.error());
+			if (PQconsumeInput(conn) == 0)
+				return std::unexpected(connection_failure(conn, true));
+		}
+		PGresult *res = PQgetResult(conn);
+		if (res == nullptr)
+			break;
+		const ExecStatusType st = PQresultStatus(res);
+		const bool is_error = st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE;
+		if (!first || (is_error && !first_is_error))
+		{
+			first.reset(res);
+			first_is_error = is_error;
+		}
+		else
+			PQclear(res);
+	}
+	if (!first)
+		return std::unexpected(connection_failure(conn, true));
+	return first;
+}
+
+namespace
+{
+/* Identity only (never dereferenced): the connection this thread borrowed last. */
+thread_local const void *t_last_connection = nullptr;
 } // namespace
 
 PgPool::Borrowed::~Borrowed()
@@ -375,23 +509,39 @@ PgPool::acquire(BootClock::time_point call_deadline)
 		if (m_closed)
 			return std::unexpected(make_failure(
 				FailureKind::Config, "the plugin was cleaned up (cleanup() was called)"));
-		while (!m_idle.empty())
+		if (!m_idle.empty())
 		{
-			std::unique_ptr<PgConnection> conn = std::move(m_idle.back());
+			/* The liveness check (a poll(2)) runs without the mutex: the connection is
+			 * this thread's once popped, and its slot stays counted in m_open. */
+			/* Prefer the connection this thread used last (its server backend, caches
+			 * and scheduling stay paired with this thread, as with a connection per
+			 * thread); otherwise the most recently returned one. */
+			auto pick =
+				std::find_if(m_idle.begin(), m_idle.end(),
+							 [](const auto &idle) { return idle.get() == t_last_connection; });
+			if (pick == m_idle.end())
+				pick = m_idle.end() - 1;
+			std::unique_ptr<PgConnection> conn = std::move(*pick);
+			*pick = std::move(m_idle.back());
 			m_idle.pop_back();
-			if (looks_alive(conn->conn.get()))
+			lock.unlock();
+			if (looks_alive(*conn))
 			{
-				lock.unlock();
 				close_all(std::move(dead));
 				return Borrowed(this, std::move(conn));
 			}
 			dead.push_back(std::move(conn));
+			lock.lock();
 			--m_open;
+			continue;
 		}
 		if (m_open < m_config.size)
 			break;
-		if (m_cv.wait_until(lock, deadline) == std::cv_status::timeout && m_idle.empty() &&
-			m_open >= m_config.size && !m_closed)
+		++m_waiters;
+		const auto waited = m_cv.wait_until(lock, deadline);
+		--m_waiters;
+		if (waited == std::cv_status::timeout && m_idle.empty() && m_open >= m_config.size &&
+			!m_closed)
 			return std::unexpected(make_failure(
 				FailureKind::Timeout,
 				call_bound ? std::string("no pool connection became free within call_timeout")
@@ -416,14 +566,20 @@ PgPool::give_back(std::unique_ptr<PgConnection> conn, bool discard) noexcept
 {
 	bool keep = conn && !discard && PQstatus(conn->conn.get()) == CONNECTION_OK &&
 				PQtransactionStatus(conn->conn.get()) == PQTRANS_IDLE;
+	bool waiters = false;
+	t_last_connection = conn.get();
+	if (keep)
+		conn->idle_since = BootClock::now();
 	{
 		std::lock_guard guard(m_mutex);
 		if (keep && !m_closed)
 			m_idle.push_back(std::move(conn));
 		else
 			--m_open;
+		waiters = m_waiters > 0;
 	}
-	m_cv.notify_one();
+	if (waiters)
+		m_cv.notify_one();
 	conn.reset(); // PQfinish (if not kept) outside the mutex
 }
 

@@ -2,9 +2,11 @@
  * pg_pool.hpp (internal)
  *     A bounded, thread-safe pool of libpq connections for the pg backend.
  *
- * Locking protocol: m_mutex guards m_idle, m_open and m_closed. Connecting and
- * PQfinish happen outside the mutex: acquire() reserves a slot (m_open++) under the
- * mutex, then connects without it. Waiting for a free slot is bounded by
+ * Locking protocol: m_mutex guards m_idle, m_open, m_waiters and m_closed. Connecting,
+ * the liveness check of an idle connection (a poll(2)) and PQfinish happen outside the
+ * mutex: acquire() reserves a slot (m_open++) or pops an idle connection under the
+ * mutex, then connects or checks it without it; give_back() notifies m_cv only when a
+ * thread waits. Waiting for a free slot is bounded by
  * acquire_timeout on m_cv. A borrowed connection belongs to one thread until its
  * Borrowed guard is destroyed; only connections that are CONNECTION_OK, idle
  * (PQTRANS_IDLE) and not marked discarded go back to the pool.
@@ -17,6 +19,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <expected>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -40,6 +43,56 @@ namespace lockext::detail
 [[nodiscard]] Outcome<void> wait_socket(int fd, bool read, bool write,
 										BootClock::time_point deadline);
 
+/*
+ * One statement's plumbing, shared by the pooled (pg_locking_plugin.cpp) and the
+ * pipelined (pg_pipeline.cpp) paths.
+ */
+struct PgResultCloser
+{
+	void operator()(PGresult *res) const noexcept
+	{
+		PQclear(res);
+	}
+};
+using PgResult = std::unique_ptr<PGresult, PgResultCloser>;
+/* The reply to one statement, or its failure (message without "<op> failed: "). */
+using Reply = std::expected<PgResult, Failure>;
+
+/* The deadline of one statement: which option set it, for the message. */
+struct Deadline
+{
+	BootClock::time_point at = BootClock::time_point::max();
+	const char *option = "statement_timeout"; // or "call_timeout"
+};
+
+/* The connection is broken or in an unknown state after this failure. */
+[[nodiscard]] bool breaks_connection(const Failure &f) noexcept;
+
+/* A failure of one statement from its error result (res may be nullptr: libpq's
+ * connection error); sent = the request may have reached the server. Classified by
+ * errors.cpp (SQLSTATE), ConnectionLost when the connection is no longer OK. */
+[[nodiscard]] Failure failure_from(PGconn *conn, const PGresult *res, bool sent);
+
+/* The connection failed (ConnectionLost); outcome unknown when sent. */
+[[nodiscard]] Failure connection_failure(PGconn *conn, bool sent);
+
+/* "no reply within <option>; the connection was discarded" (Timeout). */
+[[nodiscard]] Failure timeout_failure(bool sent, const Deadline &deadline);
+
+/* Flushes what PQsend* queued, on a non-blocking connection, until deadline. */
+[[nodiscard]] Outcome<void> flush_all(PGconn *conn, const Deadline &deadline);
+
+/*
+ * Waits for the reply of a request already sent (and flushed) on conn and returns its
+ * first result, or its first error result when a later one is an error (an
+ * ErrorResponse after CommandComplete, e.g. a deferred constraint failing at the
+ * implicit commit: the statement's effect was rolled back, so its rows must not be
+ * believed), after reading every result up to the end of the reply so that the
+ * connection is idle again. Never blocks past deadline (max() = no deadline): each
+ * PQgetResult is called only when PQisBusy says it will not block.
+ */
+[[nodiscard]] Reply await_result(PGconn *conn, const Deadline &deadline);
+
 struct PgConnCloser
 {
 	void operator()(PGconn *conn) const noexcept
@@ -52,7 +105,8 @@ struct PgConnCloser
 struct PgConnection
 {
 	std::unique_ptr<PGconn, PgConnCloser> conn;
-	unsigned prepared = 0; // bit i set: statement i was prepared on this connection
+	unsigned prepared = 0;              // bit i set: statement i was prepared on this connection
+	BootClock::time_point idle_since{}; // when it last went back to the pool
 };
 
 struct PgPoolConfig
@@ -134,6 +188,7 @@ class PgPool final
 	std::condition_variable m_cv;
 	std::vector<std::unique_ptr<PgConnection>> m_idle; // guarded by m_mutex
 	std::size_t m_open = 0;                            // idle + borrowed + connecting
+	std::size_t m_waiters = 0;                         // threads in m_cv.wait_until
 	bool m_closed = false;
 };
 

@@ -118,12 +118,12 @@ TEST(PgBackend, ReadOnlyReplyDropsTheConnection)
 	const std::string schema = "lockext_fake_ro";
 	ASSERT_EQ(exec_sql(*dsn, "DROP SCHEMA IF EXISTS " + schema + " CASCADE; CREATE SCHEMA " +
 								 schema + "; CREATE FUNCTION " + schema +
-								 ".try_lock(k text, t bigint, OUT lock_id uuid, OUT fence bigint, "
-								 "OUT ttl_ms bigint) LANGUAGE plpgsql AS $$ BEGIN "
+								 ".try_lock(k text, t bigint) RETURNS public.lock_handle "
+								 "LANGUAGE plpgsql AS $$ BEGIN "
 								 "IF k = 'ro' THEN RAISE EXCEPTION 'read only' USING ERRCODE = "
 								 "'25006'; END IF; IF k = 'bad' THEN RAISE EXCEPTION 'bad' USING "
-								 "ERRCODE = '22023'; END IF; lock_id := gen_random_uuid(); "
-								 "fence := pg_backend_pid(); ttl_ms := t; END $$"),
+								 "ERRCODE = '22023'; END IF; RETURN ROW(k, gen_random_uuid(), t, "
+								 "pg_backend_pid(), now())::public.lock_handle; END $$"),
 			  "");
 	PgOptions options;
 	options.pool_size = 1;
@@ -760,18 +760,19 @@ TEST(PgBackend, AnErrorAfterTheRowsFailsTheCall)
 								 ".t (id serial PRIMARY KEY, ref int REFERENCES " + schema +
 								 ".t (id) DEFERRABLE INITIALLY DEFERRED); CREATE FUNCTION " +
 								 schema +
-								 ".try_lock(k text, t bigint, OUT lock_id uuid, OUT fence bigint, "
-								 "OUT ttl_ms bigint) LANGUAGE plpgsql AS $$ BEGIN "
+								 ".try_lock(k text, t bigint) RETURNS public.lock_handle "
+								 "LANGUAGE plpgsql AS $$ BEGIN "
 								 "INSERT INTO " +
 								 schema +
-								 ".t (ref) VALUES (-1); lock_id := gen_random_uuid(); "
-								 "fence := 1; ttl_ms := t; END $$"),
+								 ".t (ref) VALUES (-1); RETURN ROW(k, gen_random_uuid(), t, 1, "
+								 "now())::public.lock_handle; END $$"),
 			  "");
-	for (bool prepared : {true, false})
+	for (int variant = 0; variant < 4; ++variant)
 	{
 		PgOptions options;
 		options.schema = schema;
-		options.prepared_statements = prepared;
+		options.prepared_statements = variant % 2 == 0;
+		options.pipeline = variant >= 2;
 		PgLockingPlugin pg(*dsn, options);
 		auto r = pg.try_lock_outcome(key(), 1000);
 		ASSERT_FALSE(r.has_value()) << "a grant whose transaction failed at commit was reported";

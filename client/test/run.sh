@@ -73,7 +73,7 @@ build() {
     shift 2
     local start=$SECONDS
     say "== build $name" >>"$LOG"
-    cmake -S "$CLIENT" -B "$CLIENT/build-$name" -DLOCKEXT_CLIENT_TESTS=ON \
+    cmake -S "$CLIENT" -B "$CLIENT/build-$name" -DLOCKEXT_CLIENT_TESTS=ON -DLOCKEXT_CLIENT_WERROR=ON \
         -DCMAKE_BUILD_TYPE="$type" "$@" >>"$LOG" 2>&1 &&
         cmake --build "$CLIENT/build-$name" -j2 >>"$LOG" 2>&1 || die "build $name failed"
     say "built $name in $((SECONDS - start)) s"
@@ -87,8 +87,11 @@ pg_cluster_start "$WORK/pg" "lockext.max_locks = 1000" "lockext.enable_test_hook
     "max_connections = 100" "fsync = off" >>"$LOG" 2>&1 || die "server start failed"
 PORT=$PG_PORT
 export LOCKEXT_TEST_DSN=$PG_DSN
+# the lockext_test_* hooks (lockext_test_stall) come from the test-only extension
+make -C "$CLIENT/../test/lockext_test" PG_CONFIG="$PG_CONFIG" install >>"$LOG" 2>&1 ||
+    die "installing the test-only extension lockext_test failed"
 "$PG_BIN/psql" "$LOCKEXT_TEST_DSN" -v ON_ERROR_STOP=1 -qc 'CREATE EXTENSION lockext' \
-    >>"$LOG" 2>&1 || die "CREATE EXTENSION lockext failed"
+    -c 'CREATE EXTENSION lockext_test' >>"$LOG" 2>&1 || die "CREATE EXTENSION lockext, lockext_test failed"
 export LOCKEXT_TEST_PG_STOP="$PG_CTL stop -m fast"
 export LOCKEXT_TEST_PG_START="$PG_CTL start"
 
@@ -173,8 +176,8 @@ done
 pkgconfig_test() {
     local prefix="$WORK/prefix" app="$WORK/app"
     cmake --install "$CLIENT/build-release" --prefix "$prefix" >>"$LOG" 2>&1 || return 1
-    readelf -d "$prefix/lib/liblockext-client.so" | grep -q 'SONAME.*liblockext-client.so.1' ||
-        { say "  no SONAME liblockext-client.so.1" >>"$LOG"; return 1; }
+    readelf -d "$prefix/lib/liblockext-client.so" | grep -q 'SONAME.*liblockext-client.so.2' ||
+        { say "  no SONAME liblockext-client.so.2" >>"$LOG"; return 1; }
     "$prefix/bin/lockext-run" --version >>"$LOG" 2>&1 ||
         { say "  installed bin/lockext-run does not run" >>"$LOG"; return 1; }
     mkdir -p "$app" && cp "$CLIENT/test/pkgconfig_app/main.cpp" "$app/"
@@ -182,7 +185,8 @@ pkgconfig_test() {
     flags=$(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs lockext-client) ||
         return 1
     say "  pkg-config: $flags" >>"$LOG"
-    (cd "$app" && g++ -Wall -Wextra -Werror main.cpp $flags -o app) >>"$LOG" 2>&1 || return 1
+    # the .pc does not choose the language standard: the consumer does (C++23 or newer)
+    (cd "$app" && g++ -std=c++23 -Wall -Wextra -Werror main.cpp $flags -o app) >>"$LOG" 2>&1 || return 1
     LD_LIBRARY_PATH="$prefix/lib" "$app/app" "$LOCKEXT_TEST_DSN" >>"$LOG" 2>&1
 }
 if pkgconfig_test; then

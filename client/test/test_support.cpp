@@ -76,6 +76,10 @@ conformance_backends()
 	PgOptions defaults; // through PgBouncer: switches to unnamed statements by itself
 	defaults.pool_size = 8;
 	defaults.on_log = [](std::string_view) {};
+	PgOptions pipelined = prepared; // PgOptions::pipeline: 2 shared connections
+	pipelined.pipeline = true;
+	PgOptions pipelined_defaults = defaults;
+	pipelined_defaults.pipeline = true;
 	return {
 		{"memory", [](std::string &) { return std::make_unique<MemoryLockingPlugin>(); }},
 		{"pg_prepared",
@@ -90,6 +94,12 @@ conformance_backends()
 		{"pgbouncer_default",
 		 [defaults](std::string &why) -> std::unique_ptr<LockingPlugin>
 		 { return make_pg(why, defaults, "LOCKEXT_TEST_PGBOUNCER_DSN"); }},
+		{"pg_pipeline",
+		 [pipelined](std::string &why) -> std::unique_ptr<LockingPlugin>
+		 { return make_pg(why, pipelined); }},
+		{"pgbouncer_pipeline",
+		 [pipelined_defaults](std::string &why) -> std::unique_ptr<LockingPlugin>
+		 { return make_pg(why, pipelined_defaults, "LOCKEXT_TEST_PGBOUNCER_DSN"); }},
 	};
 }
 

@@ -17,7 +17,7 @@
 #include <version>
 #if !defined(__cpp_lib_expected) || __cpp_lib_expected < 202202L
 #error                                                                                             \
-	"lockext client needs C++23 std::expected: compile with -std=c++23 (pkg-config --cflags lockext-client adds it)"
+	"lockext client needs C++23 std::expected: compile with -std=c++23 or newer (pkg-config --cflags lockext-client leaves the standard to you; the CMake target lockext::client requires it)"
 #endif
 
 #include <expected>

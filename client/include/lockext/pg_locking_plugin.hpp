@@ -78,6 +78,30 @@ struct PgOptions
 	 * unnamed statements. May be called from any thread that makes a call; must not
 	 * call the plugin. Empty (default): the line goes to stderr, prefixed "lockext: ". */
 	std::function<void(std::string_view line)> on_log;
+	/* (lockext 1.1; fields are only ever added here, at the end.) true: try_lock, renew
+	 * and release from all threads share pipeline_connections connections through libpq
+	 * pipeline mode, so one round trip carries many threads' requests. Every request is
+	 * its own sync group (one caller's error never fails another's call); a call whose
+	 * deadline passes returns Timeout and its late reply is discarded in order (the
+	 * connection stays usable; after statement_timeout without any reply it is
+	 * discarded, as in the pooled mode); a broken connection fails every call in flight
+	 * on it with ConnectionLost, outcome unknown, and the next call connects anew.
+	 * Connecting, failover, prepared_statements (and its fallback behind a transaction
+	 * pooler), statement_timeout and call_timeout behave as in the pooled mode.
+	 * grace_status() (and any call that can wait on the server) runs on the pool's
+	 * dedicated connections (pool_size), so it never blocks the shared pipeline and the
+	 * lease keeper's renewals never queue behind it. Behind a connection pooler (the
+	 * server's pg_backend_pid() differs from the connection's BackendKeyData, e.g.
+	 * PgBouncer) pipelining cannot work (a transaction pooler hands the server
+	 * connection back at every ReadyForQuery): the plugin logs one line through on_log
+	 * and runs every call on the pool instead. false (default): one pooled connection
+	 * per call in flight. */
+	bool pipeline = false;
+	/* The shared connections of the pipelined mode (0 is treated as 1). Calls are spread
+	 * over them round robin; each one is served by one server backend: more connections
+	 * let a many-core server run requests in parallel, fewer make larger batches (on a
+	 * 2-core host shared with the clients, 1 used the least CPU per call). */
+	std::size_t pipeline_connections = 2;
 };
 
 class LOCKEXT_CLIENT_API PgLockingPlugin final : public LockingPlugin
