@@ -5,11 +5,14 @@
  *     release in Lua (EVALSHA: if GET key == token then DEL key). redis-benchmark cannot
  *     carry the token from the SET to the release, so this small client does.
  *
- *     redis_lock <port> <clients> <seconds> [keys=100000] [hot=0]
+ *     redis_lock <port> <clients> <seconds> [keys=100000] [hot=0] [depth=1]
  *
  * One thread and one blocking TCP connection per client (127.0.0.1), a fresh random
- * 16-byte hex token per attempt, no pipelining: two round trips per granted cycle, like
- * the PostgreSQL workloads. Prints the same line as client_bench.
+ * 16-byte hex token per attempt. depth 1: no pipelining, two round trips per granted
+ * cycle, like the PostgreSQL workloads. depth N > 1: each client pipelines N attempts
+ * (N SETs in one write, then N replies), then the N releases of the granted ones the
+ * same way: the fastest way a Redis client takes locks. Prints the same line as
+ * client_bench (cycles = attempts).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -17,6 +20,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -51,12 +55,25 @@ public:
     }
     ~Conn() { ::close(m_fd); }
 
-    /* Sends one command (RESP array of bulk strings), returns the reply's first line. */
-    std::string command(const std::vector<std::string> &args)
+    /* Appends one command (RESP array of bulk strings) to out. */
+    static void encode(std::string &out, const std::vector<std::string> &args)
     {
-        std::string out = "*" + std::to_string(args.size()) + "\r\n";
+        out += "*" + std::to_string(args.size()) + "\r\n";
         for (const auto &s : args)
             out += "$" + std::to_string(s.size()) + "\r\n" + s + "\r\n";
+    }
+
+    /* Sends one command, returns the reply's first line (a bulk reply's payload). */
+    std::string command(const std::vector<std::string> &args)
+    {
+        std::string out;
+        encode(out, args);
+        send(out);
+        return reply();
+    }
+
+    void send(const std::string &out)
+    {
         for (size_t off = 0; off < out.size();)
         {
             ssize_t n = ::write(m_fd, out.data() + off, out.size() - off);
@@ -67,6 +84,11 @@ public:
             }
             off += static_cast<size_t>(n);
         }
+    }
+
+    /* The next reply's first line (a bulk reply's payload). */
+    std::string reply()
+    {
         std::string line = read_line();
         if (!line.empty() && line[0] == '$' && line != "$-1")
         {
@@ -118,6 +140,7 @@ main(int argc, char **argv)
     const double seconds = std::atof(argv[3]);
     const long keys = argc > 4 ? std::atol(argv[4]) : 100000;
     const bool hot = argc > 5 && std::atoi(argv[5]) != 0;
+    const int depth = argc > 6 ? std::max(1, std::atoi(argv[6])) : 1;
 
     std::string sha;
     {
@@ -136,7 +159,46 @@ main(int argc, char **argv)
         std::uniform_int_distribution<long> pick(1, keys);
         bench::Counts n;
         char token[33];
-        while (bench::Clock::now() < stop)
+        std::vector<std::string> batch_keys(static_cast<size_t>(depth)), batch_tokens(static_cast<size_t>(depth));
+        std::vector<size_t> granted;
+        std::string out;
+        while (depth > 1 && bench::Clock::now() < stop)
+        {
+            out.clear();
+            for (size_t i = 0; i < batch_keys.size(); ++i)
+            {
+                batch_keys[i] = hot ? std::string("hot") : "k" + std::to_string(pick(rng));
+                std::snprintf(token, sizeof token, "%016llx%016llx",
+                              static_cast<unsigned long long>(rng()), static_cast<unsigned long long>(rng()));
+                batch_tokens[i] = token;
+                Conn::encode(out, {"SET", batch_keys[i], batch_tokens[i], "NX", "PX", "60000"});
+            }
+            c.send(out);
+            granted.clear();
+            for (size_t i = 0; i < batch_keys.size(); ++i)
+            {
+                const std::string r = c.reply();
+                ++n.cycles;
+                if (r == "+OK")
+                    granted.push_back(i);
+                else if (r != "$-1" && ++n.errors <= 3)
+                    std::fprintf(stderr, "SET: %s\n", r.c_str());
+            }
+            if (granted.empty())
+                continue;
+            out.clear();
+            for (size_t i : granted)
+                Conn::encode(out, {"EVALSHA", sha, "1", batch_keys[i], batch_tokens[i]});
+            c.send(out);
+            for (size_t i = 0; i < granted.size(); ++i)
+            {
+                ++n.grants;
+                const std::string d = c.reply();
+                if (d != ":1" && ++n.errors <= 3)
+                    std::fprintf(stderr, "release: %s\n", d.c_str());
+            }
+        }
+        while (depth == 1 && bench::Clock::now() < stop)
         {
             const std::string key = hot ? std::string("hot") : "k" + std::to_string(pick(rng));
             std::snprintf(token, sizeof token, "%016llx%016llx",

@@ -26,7 +26,7 @@ for r in rows:
 runs = sorted({r["run"] for r in rows}, key=int)
 
 def floor_path(path):
-    return "direct" if path in ("client", "redis") else path
+    return {"client": "direct", "redis": "direct", "client-pgb": "pgbouncer"}.get(path, path)
 
 def ratio_in_run(run, wl, path, c):
     r = cell.get((run, wl, path, c))
@@ -65,13 +65,16 @@ for r in rows:
 
 label = {
     "floor2": "floor: 2 x SELECT 1", "shape": "control: same SQL, no lock", "floor3": "floor: 3 x SELECT 1",
-    "lockext": "lockext try_lock+release", "lockext_hot": "lockext, one hot key",
+    "lockext": "lockext try_lock+release", "lockext_fnscan": "lockext, function scan",
+    "lockext_hot": "lockext, one hot key",
     "lockext_renew": "lockext try+renew+release", "advisory": "advisory lock+unlock",
     "advisory_hot": "advisory, one hot key", "advisory_txn": "advisory in BEGIN..COMMIT",
     "lease_unlogged": "lease table UNLOGGED", "lease_unlogged_hot": "UNLOGGED table, hot key",
     "lease_logged": "lease table (logged)", "lease_logged_hot": "logged table, hot key",
-    "client_pg": "client lib, pg backend", "client_memory": "client lib, memory backend",
+    "advisory_libpq": "advisory, raw libpq", "client_pg": "client lib, pg backend",
+    "client_pipeline": "client lib, pipelined", "client_memory": "client lib, memory backend",
     "redis": "Redis SET NX PX + Lua del", "redis_hot": "Redis, one hot key",
+    "redis_pipe16": "Redis pipelined 16 deep",
     "lockext_999k_live": "lockext, 999k live leases",
     "pair_gross": "in-server pair (gross)", "pair_trivial": "in-server trivial fn",
     "pair_net": "in-server pair (net)", "pair_handle_gross": "in-server, release(h) form",
@@ -79,8 +82,12 @@ label = {
     "scale_1k_net": "1k live: pair (net)",
     "scale_999k_gross": "999k live: pair (gross)", "scale_999k_trivial": "999k live: trivial fn",
     "scale_999k_net": "999k live: pair (net)",
+    "scale_hp_1k_gross": "huge pages, 1k: gross", "scale_hp_1k_trivial": "huge pages, 1k: trivial",
+    "scale_hp_1k_net": "huge pages, 1k: net",
+    "scale_hp_999k_gross": "huge pages, 999k: gross", "scale_hp_999k_trivial": "huge pages, 999k: trivial",
+    "scale_hp_999k_net": "huge pages, 999k: net",
 }
-path_order = {"direct": 0, "client": 1, "redis": 2, "pgbouncer": 3, "inserver": 4}
+path_order = {"direct": 0, "client": 1, "redis": 2, "pgbouncer": 3, "client-pgb": 4, "inserver": 5}
 wl_order = list(label)
 order.sort(key=lambda k: (path_order.get(k[1], 9), int(k[2]),
                           wl_order.index(k[0]) if k[0] in wl_order else 99))
@@ -158,6 +165,42 @@ for c in ("1", "8", "32"):
     r = pair_ratio("lockext", "direct", "redis", "redis", c)
     if r:
         tg.append(f"  [ info ] lockext / Redis cycle, {c} clients: {r:.2f}")
+# issue 12: faster than advisory locks where users call them, and past the round-trip floor
+tg.append("")
+tg.append("  performance targets (issue 12), ratios of ops/s measured side by side in each run, median over runs:")
+for c in ("8", "32"):
+    target(f"1. SQL: lockext cycle (SELECT lock_id, fence FROM try_lock ...) / advisory cycle, pgbench, {c} clients",
+           pair_ratio("lockext", "direct", "advisory", "direct", c), lambda v: v >= 1.0, ">= 1.0")
+for c in ("8", "32"):
+    r = pair_ratio("lockext", "direct", "lockext_fnscan", "direct", c)
+    if r:
+        tg.append(f"  [ info ] handle scan / function scan (lockext.handle_scan on/off), pgbench, {c} clients: {r:.2f}")
+for c in ("8", "32"):
+    target(f"2. client library pg / raw-libpq advisory cycle, {c} threads",
+           pair_ratio("client_pg", "client", "advisory_libpq", "client", c), lambda v: v >= 1.0, ">= 1.0")
+target(f"3. client library pipelined ({kv.get('pipe_conns', '?')} connections) / raw-libpq advisory cycle, 32 threads",
+       pair_ratio("client_pipeline", "client", "advisory_libpq", "client", "32"), lambda v: v >= 2.0, ">= 2.0")
+r = pair_ratio("client_pipeline", "client", "advisory_libpq", "client", "8")
+if r:
+    tg.append(f"  [ info ] client library pipelined / raw-libpq advisory cycle, 8 threads: {r:.2f}")
+r = pair_ratio("client_pipeline", "client-pgb", "client_pg", "client-pgb", "32")
+if r:
+    tg.append(f"  [ info ] through PgBouncer (transaction pooling, unnamed statements), 32 threads: pipelined / pooled client: {r:.2f}")
+for c in ("8", "32"):
+    target(f"4. hot key: lockext round trips / floor, {c} clients", med(ratio_in_run(r, "lockext_hot", "direct", c) for r in runs),
+           lambda v: v >= 0.9, ">= 0.9")
+h1 = med(f(r["lat_us"]) for r in groups.get(("scale_hp_1k_net", "inserver", "1"), []))
+h2 = med(f(r["lat_us"]) for r in groups.get(("scale_hp_999k_net", "inserver", "1"), []))
+target("5. cost per pair at 999k live / at 1k live leases, 4 KiB pages (in-server, net)", s2 / s1 if s1 and s2 else None,
+       lambda v: v <= 1.3, "<= 1.3", f"  [{fmt(s1, 3)} µs vs {fmt(s2, 3)} µs]")
+target("5. cost per pair at 999k live / at 1k live leases, huge_pages = on (in-server, net)", h2 / h1 if h1 and h2 else None,
+       lambda v: v <= 1.3, "<= 1.3", f"  [{fmt(h1, 3)} µs vs {fmt(h2, 3)} µs]")
+for c in ("8", "32"):
+    r1 = pair_ratio("client_pipeline", "client", "redis_pipe16", "redis", c)
+    r2 = pair_ratio("redis_pipe16", "redis", "redis", "redis", c)
+    if r1:
+        tg.append(f"  [ info ] 6. lockext pipelined / Redis pipelined 16 deep, {c} clients: {r1:.2f}"
+                  + (f" (Redis pipelined / Redis unpipelined: {r2:.2f})" if r2 else ""))
 targets_txt = "targets (median over runs of per-run ratios):\n" + "\n".join(tg)
 
 print()
@@ -176,10 +219,10 @@ with open(os.path.join(out, "results.csv"), "w", newline="") as fh:
         wr.writerow({k: ("" if v is None else (f"{v:.4g}" if isinstance(v, float) else v)) for k, v in r.items()})
 
 # ---- plot data: ops/s at 1, 8, 32 clients for each workload on the direct/client/redis paths
-plot = ["floor2", "shape", "lockext", "advisory", "lease_unlogged", "lease_logged", "floor3", "lockext_renew",
-        "lockext_hot", "advisory_hot", "lease_unlogged_hot", "lease_logged_hot", "client_pg", "client_memory",
-        "redis", "redis_hot"]
-paths = {"client_pg": "client", "client_memory": "client", "redis": "redis", "redis_hot": "redis"}
+plot = ["floor2", "lockext", "advisory", "lease_unlogged", "lease_logged", "lockext_hot", "advisory_hot",
+        "advisory_libpq", "client_pg", "client_pipeline", "redis", "redis_pipe16"]
+paths = {"advisory_libpq": "client", "client_pg": "client", "client_pipeline": "client", "client_memory": "client",
+         "redis": "redis", "redis_hot": "redis", "redis_pipe16": "redis"}
 with open(os.path.join(out, "plot.dat"), "w") as fh:
     fh.write("# workload c1 c8 c32\n")
     for wl in plot:

@@ -7,6 +7,7 @@
 #   options: --runs N  --duration S (per cell and run)  --slice S (round-robin slice, default 2)
 #            --profile (callgrind of the in-server loop)
 #            --out DIR (default bench/results; smoke: bench/results-smoke)  --keep (keep the scratch dir)
+#            --no-huge-pages (skip the huge-pages scale step, which raises vm.nr_hugepages for its duration)
 #
 # Run as root on Debian 12 after the top-level `make install` (extension + client library).
 # It installs missing Debian packages, starts its own PostgreSQL 15 (as the postgres user,
@@ -19,7 +20,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../tools/lib.sh"
 . "$HERE/../tools/pgbouncer.sh"
 
-SMOKE=0 RUNS= DURATION= SLICE= PROFILE=0 OUT= KEEP=0
+SMOKE=0 RUNS= DURATION= SLICE= PROFILE=0 OUT= KEEP=0 HUGE=1 HUGE_OLD=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--smoke) SMOKE=1 ;;
@@ -29,7 +30,8 @@ while [ $# -gt 0 ]; do
 	--profile) PROFILE=1 ;;
 	--out) OUT=$2; shift ;;
 	--keep) KEEP=1 ;;
-	-h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+	--no-huge-pages) HUGE=0 ;;
+	-h|--help) sed -n '2,17p' "$0"; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -45,6 +47,7 @@ MAX_LOCKS=1000000        # lockext.max_locks of the benchmark server
 SCALE_FILL=999000        # live leases in the "full" scale point (1000 slots stay free for the cycles)
 SMALL_LOCKS=10000        # second size for the shared-memory-per-slot measurement
 BOUNCER_POOL=8           # PgBouncer default_pool_size (server connections behind 32 clients)
+PIPE_CONNS=1             # server connections of the pipelined client (PgOptions::pipeline_connections)
 T0=$SECONDS
 
 say() { printf '[bench %4ds] %s\n' $((SECONDS - T0)) "$*" >&2; }
@@ -72,6 +75,7 @@ chmod 755 "$WORK"
 mkdir -p "$WORK/bin" "$WORK/sql" "$WORK/out" "$WORK/redis" "$WORK/pgb" "$OUT"
 BOUNCER_PID= REDIS_PID=
 cleanup() {
+	[ -n "$HUGE_OLD" ] && echo "$HUGE_OLD" >/proc/sys/vm/nr_hugepages 2>/dev/null
 	[ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null
 	[ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null
 	pg_cluster_cleanup
@@ -83,6 +87,8 @@ trap 'exit 130' INT TERM
 say "building the drivers"
 g++ -std=c++23 -O2 -o "$WORK/bin/client_bench" "$HERE/client_bench.cpp" \
 	$(pkg-config --cflags --libs lockext-client) -pthread 2>"$WORK/build.log" || { cat "$WORK/build.log" >&2; die "client_bench build failed"; }
+g++ -std=c++23 -O2 -o "$WORK/bin/advisory_libpq" "$HERE/advisory_libpq.cpp" \
+	$(pkg-config --cflags --libs libpq) -pthread 2>>"$WORK/build.log" || { cat "$WORK/build.log" >&2; die "advisory_libpq build failed"; }
 g++ -std=c++17 -O2 -o "$WORK/bin/redis_lock" "$HERE/redis_lock.cpp" -pthread 2>>"$WORK/build.log" ||
 	{ cat "$WORK/build.log" >&2; die "redis_lock build failed"; }
 
@@ -141,18 +147,19 @@ lockext_acquired() { psqlc -c "SELECT acquired FROM lockext_stats"; }
 SLICES="$WORK/slices.csv"
 : >"$SLICES"
 
-# pgbench_cell RUN WORKLOAD SCRIPT PATH(direct|pgbouncer) CLIENTS HOT(0|1) FLOOR BASE_RT
-# BASE_RT: round trips of a granted cycle. Grants of hot-key cells are counted from the
+# pgbench_cell RUN WORKLOAD SCRIPT PATH(direct|pgbouncer) CLIENTS HOT(0|1) FLOOR BASE_RT [PGOPTIONS]
+# BASE_RT: round trips of a granted cycle. PGOPTIONS: session settings of the clients
+# (e.g. "-c lockext.handle_scan=off"). Grants of hot-key cells are counted from the
 # server (lockext_stats.acquired for lockext; for the others the commits of the database:
 # every statement is its own transaction, a refused attempt makes 1, a granted one BASE_RT).
 pgbench_cell() {
-	local run=$1 wl=$2 script=$3 path=$4 c=$5 hot=$6 floor=$7 rt=$8
+	local run=$1 wl=$2 script=$3 path=$4 c=$5 hot=$6 floor=$7 rt=$8 pgoptions=${9:-}
 	local dsn=$PG_DSN mode=prepared j=$(( $5 < 2 ? 1 : 2 )) lo=1 hi=100000 out="$WORK/out/$wl-$path-$c-$run.txt"
 	[ "$path" = pgbouncer ] && { dsn=$BDSN; mode=extended; }
 	[ "$hot" = 1 ] && { lo=0; hi=0; }
 	local x0= a0=
 	if [ "$hot" = 1 ]; then x0=$(xact_commits); a0=$(lockext_acquired); fi
-	timeout $((SLICE + 60)) $PG_BIN/pgbench "$dsn" -n -M $mode -c "$c" -j "$j" -T "$SLICE" \
+	PGOPTIONS=$pgoptions timeout $((SLICE + 60)) $PG_BIN/pgbench "$dsn" -n -M $mode -c "$c" -j "$j" -T "$SLICE" \
 		-D lo=$lo -D hi=$hi -f "$WORK/sql/$script" >"$out" 2>&1
 	local rc=$? ok=1 tps lat n g=-1
 	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | tail -1)
@@ -227,6 +234,7 @@ for run in $(seq 1 "$RUNS"); do
 			pgbench_cell $run floor2             floor2.sql         direct $c 0 floor2 2
 			pgbench_cell $run shape              shape.sql          direct $c 0 floor2 2
 			pgbench_cell $run lockext            lockext.sql        direct $c 0 floor2 2
+			pgbench_cell $run lockext_fnscan     lockext.sql        direct $c 0 floor2 2 "-c lockext.handle_scan=off"
 			pgbench_cell $run lockext_hot        lockext.sql        direct $c 1 floor2 2
 			pgbench_cell $run advisory           advisory.sql       direct $c 0 floor2 2
 			pgbench_cell $run advisory_hot       advisory.sql       direct $c 1 floor2 2
@@ -236,10 +244,13 @@ for run in $(seq 1 "$RUNS"); do
 			pgbench_cell $run lease_logged_hot   lease_logged.sql   direct $c 1 floor2 2
 			pgbench_cell $run floor3             floor3.sql         direct $c 0 floor3 3
 			pgbench_cell $run lockext_renew      lockext_renew.sql  direct $c 0 floor3 3
+			driver_cell  $run advisory_libpq     client  $c floor2 "$WORK/bin/advisory_libpq" "$c" "$SLICE" "$PG_DSN"
 			driver_cell  $run client_pg          client  $c floor2 "$WORK/bin/client_bench" pg "$c" "$SLICE" "$PG_DSN"
+			driver_cell  $run client_pipeline    client  $c floor2 "$WORK/bin/client_bench" "pg-pipeline=$PIPE_CONNS" "$c" "$SLICE" "$PG_DSN"
 			driver_cell  $run client_memory      client  $c floor2 "$WORK/bin/client_bench" memory "$c" "$SLICE"
 			driver_cell  $run redis              redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$SLICE"
 			driver_cell  $run redis_hot          redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$SLICE" 100000 1
+			driver_cell  $run redis_pipe16       redis   $c floor2 "$WORK/bin/redis_lock" "$RPORT" "$c" "$SLICE" 100000 0 16
 		done
 		aggregate
 	done
@@ -248,6 +259,8 @@ for run in $(seq 1 "$RUNS"); do
 		pgbench_cell $run lockext            lockext.sql        pgbouncer 32 0 floor2 2
 		pgbench_cell $run lockext_hot        lockext.sql        pgbouncer 32 1 floor2 2
 		pgbench_cell $run advisory_txn       advisory_txn.sql   pgbouncer 32 0 floor2 4
+		driver_cell  $run client_pg          client-pgb 32 floor2 "$WORK/bin/client_bench" pg 32 "$SLICE" "$BDSN"
+		driver_cell  $run client_pipeline    client-pgb 32 floor2 "$WORK/bin/client_bench" "pg-pipeline=$PIPE_CONNS" 32 "$SLICE" "$BDSN"
 		pgbench_cell $run lease_unlogged     lease_unlogged.sql pgbouncer 32 0 floor2 2
 	done
 	aggregate
@@ -304,6 +317,33 @@ for round in $(seq 1 $ROUNDS); do
 done
 aggregate
 
+# ---- 6b. the same with huge pages (huge_pages = on, a vm.nr_hugepages reservation) ---------
+# A 1,000,000-slot table is ~640 MiB of shared memory: with 4 KiB pages nearly every probe of
+# a new key also misses the TLB. The reservation is raised for the measurement and put back
+# on exit (cleanup). Skipped with --no-huge-pages or when the kernel refuses it.
+if [ $HUGE = 1 ]; then
+	HP_NEED=$(psqlc -c "SHOW shared_memory_size_in_huge_pages")
+	HUGE_OLD=$(cat /proc/sys/vm/nr_hugepages)
+	echo $((HUGE_OLD + HP_NEED + 8)) >/proc/sys/vm/nr_hugepages 2>/dev/null
+	HP_HAVE=$(awk '/HugePages_Free/ { print $2 }' /proc/meminfo)
+	if [ "${HP_HAVE:-0}" -ge "$HP_NEED" ]; then
+		say "huge pages: $HP_NEED needed, $HP_HAVE free (vm.nr_hugepages $HUGE_OLD -> $(cat /proc/sys/vm/nr_hugepages))"
+		pg_stop
+		pg_start -o "-c huge_pages=on"
+		psqlc -c "SELECT lockext_grace_end()" >/dev/null # a restart with lockext.save = off starts a grace period
+		psqlc -c "SELECT count(try_lock('fill-' || g, 3600000)) FROM generate_series(1, 1000) g" >/dev/null
+		inserver scale_hp_1k "$SCALE_N" s
+		psqlc -c "SELECT count(try_lock('fill-' || g, 3600000)) FROM generate_series(1001, $SCALE_FILL) g" >/dev/null
+		inserver scale_hp_999k "$SCALE_N" s
+		pg_stop
+		pg_start
+	else
+		say "huge pages: the kernel gave $HP_HAVE of $HP_NEED pages; skipped"
+	fi
+	echo "$HUGE_OLD" >/proc/sys/vm/nr_hugepages 2>/dev/null
+	HUGE_OLD=
+fi
+
 # ---- 7. shared memory per slot ------------------------------------------------------------
 SHMEM_SQL="SELECT sum(allocated_size) FROM pg_shmem_allocations WHERE name IS NOT NULL"
 KEYLEN=$(psqlc -c "SHOW lockext.max_key_length")
@@ -359,6 +399,9 @@ if [ $PROFILE = 1 ]; then
 			"PREPARE r(int, uuid) AS SELECT release('k' || \$1, \$2);" ;;
 		field) printf '%s\n' "PREPARE t(int) AS SELECT (try_lock('k' || \$1, 60000)).lock_id AS lid;" \
 			"PREPARE r(int, uuid) AS SELECT release('k' || \$1, \$2);" ;;
+		fnscan) printf '%s\n' "SET lockext.handle_scan = off;" \
+			"PREPARE t(int) AS SELECT lock_id AS lid, (lock_id IS NOT NULL)::int AS got FROM try_lock('k' || \$1, 60000);" \
+			"PREPARE r(int, uuid) AS SELECT release('k' || \$1, \$2);" ;;
 		esac
 		[ "$2" = 0 ] || awk -v n="$2" 'BEGIN { for (i = 1; i <= n; i++)
 			printf "EXECUTE t(%d);\nEXECUTE r(%d, '"'"'6ba7b810-9dad-41d1-80b4-%012d'"'"');\n", i, i, i }'
@@ -368,7 +411,7 @@ if [ $PROFILE = 1 ]; then
 		echo
 		echo "== statement level: instructions per cycle (2 prepared statements, $STMT_N EXECUTE cycles, minus setup)"
 	} >>"$OUT/profile.txt"
-	for what in one ctl adv lock field; do
+	for what in one ctl adv lock fnscan field; do
 		for n in 0 $STMT_N; do
 			stmt_sql $what $n >"$WORK/stmt-$what-$n.sql"
 			chown postgres "$WORK/stmt-$what-$n.sql"
@@ -377,17 +420,22 @@ if [ $PROFILE = 1 ]; then
 				<"$WORK/stmt-$what-$n.sql" >"$WORK/stmt-$what-$n.log" 2>&1)
 		done
 		I1=$(total "$WORK/callgrind.stmt-$what-$STMT_N") I0=$(total "$WORK/callgrind.stmt-$what-0")
-		printf '%-6s %8d instructions per cycle   %s\n' "$what" $(( (I1 - I0) / STMT_N )) "$(sed -n 2p "$WORK/stmt-$what-0.sql" | cut -c1-0)$(head -1 "$WORK/stmt-$what-0.sql" | cut -c19-)" >>"$OUT/profile.txt"
+		label=$(grep -m1 '^PREPARE t' "$WORK/stmt-$what-0.sql" | cut -c19-)
+		[ $what = fnscan ] && label="[lockext.handle_scan = off] $label"
+		printf '%-6s %8d instructions per cycle   %s\n' "$what" $(( (I1 - I0) / STMT_N )) "$label" >>"$OUT/profile.txt"
 	done
 	cp "$WORK/callgrind.lock" "$WORK/callgrind.base" "$OUT/" 2>/dev/null
 	say "profile written to $OUT/profile.txt"
 fi
 
+# ---- 8b. waiting: hand-off latency, contended throughput, idle waiters (bench/wait.sh) ---
+[ $SMOKE = 1 ] || bash "$HERE/wait.sh" --out "$OUT" >&2 || { FAILED=$((FAILED + 1)); FAILED_CELLS+=("wait.sh (see $OUT/wait.txt)"); }
+
 # ---- 9. report ----------------------------------------------------------------------------
 cp "$RAW" "$OUT/raw.csv"
 cp "$WORK/shmem_small.txt" "$OUT/shmem_lockext_entries.txt" 2>/dev/null
 python3 "$HERE/report.py" "$OUT/raw.csv" "$OUT" \
-	"mode=$([ $SMOKE = 1 ] && echo smoke || echo full) lockext.so=$(md5sum "$("$PG_CONFIG" --pkglibdir)/lockext.so" | cut -c1-8) client=$(md5sum "$(pkg-config --variable=libdir lockext-client)/liblockext-client.so" 2>/dev/null | cut -c1-8) runs=$RUNS duration=${DURATION}s max_locks=$MAX_LOCKS max_key_length=$KEYLEN bouncer_pool=$BOUNCER_POOL shmem_big=$SH_BIG shmem_small=$SH_SMALL" ||
+	"mode=$([ $SMOKE = 1 ] && echo smoke || echo full) lockext.so=$(md5sum "$("$PG_CONFIG" --pkglibdir)/lockext.so" | cut -c1-8) client=$(md5sum "$(pkg-config --variable=libdir lockext-client)/liblockext-client.so" 2>/dev/null | cut -c1-8) runs=$RUNS duration=${DURATION}s max_locks=$MAX_LOCKS max_key_length=$KEYLEN bouncer_pool=$BOUNCER_POOL pipe_conns=$PIPE_CONNS shmem_big=$SH_BIG shmem_small=$SH_SMALL" ||
 	say "report.py failed"
 if command -v gnuplot >/dev/null && [ -s "$OUT/plot.dat" ]; then
 	(cd "$OUT" && gnuplot "$HERE/plot.gp" 2>"$WORK/gnuplot.log") || say "gnuplot failed: $(head -3 "$WORK/gnuplot.log")"
