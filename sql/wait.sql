@@ -50,9 +50,7 @@ SELECT try_lock('wait:k', 0, 10);
 SELECT try_lock('wait:k', 300001, 10);
 \echo :LAST_ERROR_SQLSTATE
 -- wait_ms out of 0..lockext.max_wait_ms: 22023 naming the limit
-\set VERBOSITY verbose
 SELECT try_lock('wait:k', 1000, -1);
-\set VERBOSITY default
 \echo :LAST_ERROR_SQLSTATE
 SELECT try_lock('wait:k', 1000, 60001);
 \echo :LAST_ERROR_SQLSTATE

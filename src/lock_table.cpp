@@ -376,6 +376,19 @@ FenceFailure(LockextFenceStatus status, LockextGrantResult *result)
  * the head waiter now holds the key.  Caller holds the partition lock
  * EXCLUSIVE.
  */
+/*
+ * Wakes the key's head waiter, if any: whenever the head changes, the new
+ * one must look again (only the head sleeps to the holder's expiry).
+ */
+static void
+WakeHead(const LockextProbeKey *probe)
+{
+	LockextWaitSlot *head = WaitQueueHead(probe);
+
+	if (head != NULL)
+		WaitQueueWake(head);
+}
+
 static bool
 ServeHeadWaiter(const LockextProbeKey *probe, void *entry, int64 now_ns)
 {
@@ -416,12 +429,14 @@ ServeHeadWaiter(const LockextProbeKey *probe, void *entry, int64 now_ns)
 	WaitQueueRemove(head);
 	head->state = LOCKEXT_WAIT_GRANTED;
 	WaitQueueWake(head);
+	WakeHead(probe);			/* the next waiter now sleeps to the new holder's expiry */
 	return true;
 
 fail:
 	WaitQueueRemove(head);
 	head->state = LOCKEXT_WAIT_FAILED;
 	WaitQueueWake(head);
+	WakeHead(probe);			/* the key is still free: the next waiter tries */
 	return false;
 }
 
@@ -497,9 +512,15 @@ GrantOnce(const LockextProbeKey *probe, const LockextGrantRequest *request,
 	}
 	else if ((status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE) && queue_slot != NULL)
 	{
-		queue_slot->request = *request;
-		WaitQueueAppend(queue_slot, probe);
-		status = LOCKEXT_QUEUED;
+		/* admitted only now that it waits: a grant at once never takes a waiter's place */
+		if (!WaitQueueAdmit())
+			status = LOCKEXT_TOO_MANY_WAITERS;
+		else
+		{
+			queue_slot->request = *request;
+			WaitQueueAppend(queue_slot, probe);
+			status = LOCKEXT_QUEUED;
+		}
 	}
 	else if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
 		Bump(&counters->v[C_CONTENDED]);
@@ -604,8 +625,8 @@ HeldLease(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 now_ns)
 		case core::CasDecision::Apply:
 			return held;
 		case core::CasDecision::ExpiredEntry:
-			RemoveEntry(probe);
 			Bump(&CountersOf(probe)->v[C_EXPIRED]);
+			RemoveOrHandOff(probe, held, now_ns);
 			return NULL;
 		case core::CasDecision::NotHolder:
 		case core::CasDecision::Absent:
@@ -827,16 +848,18 @@ LockTableWaitStep(const LockextProbeKey *probe, LockextWaitSlot *slot, LockextGr
  * A waiter leaves (its bound passed, or it is interrupted): out of the
  * queue, the next waiter told (it may be the head now, and the key free);
  * a lease it was handed meanwhile is released again (nobody else knows its
- * lock_id), to the next waiter or for good, unless keep_grant: then true
- * and *fence (the caller returns the handle).  The slot is IDLE after.
+ * lock_id), to the next waiter or for good, unless keep_grant: then
+ * LOCKEXT_GRANTED and result->fence (the caller returns the handle).  A
+ * failed hand-off returns its status; otherwise LOCKEXT_QUEUED (left without
+ * a lease).  The slot is IDLE after.
  */
-bool
+LockextGrantStatus
 LockTableWaitLeave(const LockextProbeKey *probe, LockextWaitSlot *slot, bool keep_grant,
-				   int64 *fence)
+				   LockextGrantResult *result)
 {
 	LWLock	   *lock = PartitionLock(probe);
 	int64		now_ns;
-	bool		granted = false;
+	LockextGrantStatus status = LOCKEXT_QUEUED;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	now_ns = LockextNowNanos();
@@ -858,8 +881,13 @@ LockTableWaitLeave(const LockextProbeKey *probe, LockextWaitSlot *slot, bool kee
 	}
 	else if (slot->state == LOCKEXT_WAIT_GRANTED && keep_grant)
 	{
-		granted = true;
-		*fence = slot->fence;
+		status = LOCKEXT_GRANTED;
+		result->fence = slot->fence;
+	}
+	else if (slot->state == LOCKEXT_WAIT_FAILED)
+	{
+		status = (LockextGrantStatus) slot->status;
+		*result = slot->result;
 	}
 	else if (slot->state == LOCKEXT_WAIT_GRANTED)
 	{
@@ -873,7 +901,7 @@ LockTableWaitLeave(const LockextProbeKey *probe, LockextWaitSlot *slot, bool kee
 	}
 	slot->state = LOCKEXT_WAIT_IDLE;
 	LWLockRelease(lock);
-	return granted;
+	return status;
 }
 
 /* Operator eviction: removes the entry; true if its lease was live. */
@@ -950,7 +978,11 @@ LockTableSweepExpired(void)
 
 			ProbeOfEntry(&probe, entry);
 			Bump(&CountersOf(&probe)->v[C_EXPIRED]);
-			RemoveEntry(&probe);	/* removing the current element is allowed */
+			/* an expired lease with waiters goes to the head waiter, in place */
+			if (WaitQueueHasWaiters(LockTablePartitionOf(&probe)) && ServeHeadWaiter(&probe, entry, now_ns))
+				earliest = core::EarlierOf(earliest, LeaseOf(entry)->expires_ns);
+			else
+				RemoveEntry(&probe);	/* removing the current element is allowed */
 		}
 	}
 	pg_atomic_write_u64(&table_state->earliest_expiry_ns, (uint64) earliest);

@@ -100,6 +100,7 @@ typedef enum LockextGrantStatus
 	LOCKEXT_FENCE_WRITE_FAILED, /* result->saved_errno says why */
 	LOCKEXT_FENCE_LOST,			/* fence state lost: lockext_fence_resume() */
 	LOCKEXT_QUEUED,				/* contended, and the caller's wait slot is queued */
+	LOCKEXT_TOO_MANY_WAITERS,	/* contended, and lockext.max_waiters already wait */
 } LockextGrantStatus;
 
 /* What the grant records about the caller, filled by the SQL layer. */
@@ -184,8 +185,9 @@ extern LockextGrantStatus LockTableGrantOrQueue(const LockextProbeKey *probe,
 extern LockextGrantStatus LockTableWaitStep(const LockextProbeKey *probe,
 											struct LockextWaitSlot *slot,
 											LockextGrantResult *result, int64 *sleep_until_ns);
-extern bool LockTableWaitLeave(const LockextProbeKey *probe, struct LockextWaitSlot *slot,
-							   bool keep_grant, int64 *fence);
+extern LockextGrantStatus LockTableWaitLeave(const LockextProbeKey *probe,
+											 struct LockextWaitSlot *slot, bool keep_grant,
+											 LockextGrantResult *result);
 /*
  * ttl_ms < 0: keep the lease's own TTL, also above a lowered max_ttl_ms (it
  * was granted; the durable TTL ceiling covers it)

@@ -42,6 +42,7 @@ extern "C"
 #include "optimizer/pathnode.h"
 #include "optimizer/paths.h"
 #include "optimizer/restrictinfo.h"
+#include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
@@ -116,8 +117,16 @@ IsLockextTryLock(Oid funcid)
 		return false;
 	{
 		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tuple);
+		bool		isnull;
+		Datum		prosrc;
 
 		c_function = proc->prolang == ClanguageId && !proc->proretset && proc->pronargs == 2;
+		/* only lockext's symbol can be it: no other library is loaded for the check */
+		if (c_function)
+		{
+			prosrc = SysCacheGetAttr(PROCOID, tuple, Anum_pg_proc_prosrc, &isnull);
+			c_function = !isnull && strcmp(TextDatumGetCString(prosrc), "lockext_try_lock") == 0;
+		}
 	}
 	ReleaseSysCache(tuple);
 	if (!c_function)
@@ -193,7 +202,7 @@ HandleScanPathlist(PlannerInfo *root, RelOptInfo *rel, Index rti, RangeTblEntry 
 	path->path.startup_cost = 0;
 	path->path.total_cost = cpu_tuple_cost;
 	path->path.pathkeys = NIL;
-	path->flags = 0;
+	path->flags = CUSTOMPATH_SUPPORT_PROJECTION;	/* ExecScan projects: no Result on top */
 	path->custom_paths = NIL;
 	path->custom_private = NIL;
 	path->methods = &handle_path_methods;

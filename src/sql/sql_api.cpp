@@ -358,29 +358,33 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 static LockextWaitSlot *waiting_slot = NULL;
 static bool wait_exit_callback_registered = false;
 
-/* Leaves the queue; true (and *fence) if the wait was handed the lease after all. */
-static bool
-LeaveWait(LockextWaitSlot *slot, bool keep_grant, bool timed_out, int64 *fence)
+/*
+ * Leaves the queue (see LockTableWaitLeave): LOCKEXT_GRANTED if the wait was
+ * handed the lease after all and keep_grant, a failed hand-off's status, or
+ * LOCKEXT_QUEUED.
+ */
+static LockextGrantStatus
+LeaveWait(LockextWaitSlot *slot, bool keep_grant, bool timed_out, LockextGrantResult *result)
 {
 	LockextProbeKey probe;
-	bool		granted;
+	LockextGrantStatus status;
 
 	LockTableMakeProbe(&probe, slot->dbid, slot->key, slot->key_len);
-	granted = LockTableWaitLeave(&probe, slot, keep_grant, fence);
-	WaitQueueLeave(timed_out && !granted);
+	status = LockTableWaitLeave(&probe, slot, keep_grant, result);
+	WaitQueueLeave(timed_out && status == LOCKEXT_QUEUED);
 	waiting_slot = NULL;
-	return granted;
+	return status;
 }
 
 static void
 LeaveWaitAtExit(int code, Datum arg)
 {
-	int64		fence;
+	LockextGrantResult result;
 
 	(void) code;
 	(void) arg;
 	if (waiting_slot != NULL)
-		(void) LeaveWait(waiting_slot, false, false, &fence);
+		(void) LeaveWait(waiting_slot, false, false, &result);
 }
 
 /* Raises 22004/22023 unless wait_ms is in 0..lockext.max_wait_ms. */
@@ -447,12 +451,11 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_wait)
 	LockextGrantRequest request;
 	LockextGrantResult result;
 	LockextGrantStatus status;
-	LockextWaitSlot *slot;
+	LockextWaitSlot *volatile slot = NULL;
 	HeapTuple	handle;
 	text	   *key;
 	int64		wait_ms;
 	int64		deadline_ns;
-	int64		fence = 0;
 	volatile bool timed_out = false;
 
 	LockextCheckWritable("try_lock");
@@ -462,6 +465,18 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_wait)
 	wait_ms = CheckWait(PG_GETARG_DATUM(2), PG_ARGISNULL(2));
 	if (FenceIsLost())
 		ReportGrantFailure(LOCKEXT_FENCE_LOST, &result);
+	if (wait_ms > 0)
+	{
+		slot = WaitQueueMySlot();
+		if (slot == NULL)
+			ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+							errmsg("this process cannot wait for a lockext lock")));
+		if (!wait_exit_callback_registered)
+		{
+			before_shmem_exit(LeaveWaitAtExit, (Datum) 0);
+			wait_exit_callback_registered = true;
+		}
+	}
 	RecordTtlCeiling(request.ttl_ms);
 	if (!NextRandomLockId(&request.lock_id))
 		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
@@ -470,31 +485,9 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_wait)
 	FillRequester(&request);
 	handle = HandleStart(HandleTupleDesc(fcinfo), key, &request);
 
-	slot = wait_ms > 0 ? WaitQueueMySlot() : NULL;
-	if (slot != NULL && !wait_exit_callback_registered)
-	{
-		before_shmem_exit(LeaveWaitAtExit, (Datum) 0);
-		wait_exit_callback_registered = true;
-	}
-	if (slot == NULL || !WaitQueueAdmit())
-	{
-		status = LockTableGrant(&probe, &request, &result);
-		if (status == LOCKEXT_GRANTED)
-			return HandleFinish(handle, result.fence);
-		if ((status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE) && slot != NULL)
-			ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-							errmsg("too many lock waiters"),
-							errdetail("%d backends are waiting for a lockext lock.", lockext_max_waiters),
-							errhint("Increase lockext.max_waiters, or wait less long.")));
-		if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
-			PG_RETURN_NULL();
-		ReportGrantFailure(status, &result);
-	}
 	deadline_ns = LockextNowNanos() + wait_ms * INT64CONST(1000000);
 	status = LockTableGrantOrQueue(&probe, &request, &result, slot);
-	if (status != LOCKEXT_QUEUED)
-		WaitQueueLeave(false);
-	else
+	if (status == LOCKEXT_QUEUED)
 	{
 		waiting_slot = slot;
 		PG_TRY();
@@ -505,23 +498,40 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_wait)
 		PG_CATCH();
 		{
 			if (waiting_slot != NULL)
-				(void) LeaveWait(slot, false, false, &fence);
+				(void) LeaveWait(slot, false, false, &result);
 			PG_RE_THROW();
 		}
 		PG_END_TRY();
 		if (timed_out)
+			/* a hand-off may have come after the last look: then the lease is ours */
+			status = LeaveWait(slot, true, true, &result);
+		else
 		{
-			/* a hand-off may have come after the last look: then it is ours */
-			if (!LeaveWait(slot, true, true, &fence))
-				PG_RETURN_NULL();
-			return HandleFinishAt(handle, fence, slot->granted_at + request.ttl_ms * INT64CONST(1000));
+			waiting_slot = NULL;
+			WaitQueueLeave(false);
 		}
-		waiting_slot = NULL;
-		WaitQueueLeave(false);
+		if (status == LOCKEXT_GRANTED && (ProcDiePending || QueryCancelPending))
+		{
+			/*
+			 * Interrupted in the instant it was granted: the reply would not
+			 * reach the client, so give the lease back (to the next waiter)
+			 * before the interrupt is served.
+			 */
+			(void) LockTableRelease(&probe, &request.lock_id);
+			CHECK_FOR_INTERRUPTS();
+			PG_RETURN_NULL();
+		}
 		if (status == LOCKEXT_GRANTED)
 			return HandleFinishAt(handle, result.fence, slot->granted_at + request.ttl_ms * INT64CONST(1000));
-		ReportGrantFailure(status, &result);
+		if (status == LOCKEXT_QUEUED)
+			PG_RETURN_NULL();	/* the bound passed */
 	}
+	if (status == LOCKEXT_TOO_MANY_WAITERS)
+		ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+						errmsg("too many lock waiters"),
+						errdetail("lockext.max_waiters is %d, and that many backends are waiting already.",
+								  lockext_max_waiters),
+						errhint("Increase lockext.max_waiters, or wait less long.")));
 	if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
 		PG_RETURN_NULL();
 	if (status != LOCKEXT_GRANTED)

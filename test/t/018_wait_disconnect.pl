@@ -97,7 +97,7 @@ ok($next_id, 'another client takes d:k at once (plain try_lock)');
 sql("SELECT release('d:k', '$next_id')");
 
 ### 2. terminate the head waiter while the holder releases
-my ($free_after, $known_after, $unknown_after) = (0, 0, 0);
+my ($free_after, $known_after, $lost_reply, $unknown_after) = (0, 0, 0, 0);
 for my $round (1 .. 20)
 {
 	my $key = "r:k$round";
@@ -129,6 +129,16 @@ for my $round (1 .. 20)
 		$known_after++;
 		sql("SELECT release('$key', '$got')");
 	}
+	elsif (sql("SELECT pid FROM lockext_leases WHERE key = '$key'") eq $wpid)
+	{
+		# The wait had ended with the grant and the backend was past its last check
+		# when the terminate came: the reply (queued with the FATAL) never reached the
+		# application. That is a lost reply, as for any call (the outcome is unknown to
+		# the client; the lease ends by its TTL), not something an interrupted wait left.
+		$lost_reply++;
+		diag("round $round: $key granted to the waiter, reply lost to the terminate");
+		sql("SELECT lockext_force_release('$key')");
+	}
 	else
 	{
 		$unknown_after++;
@@ -141,7 +151,37 @@ for my $round (1 .. 20)
 	sql("SELECT release('$key', '$tid')") if $tid;
 }
 is($unknown_after, 0,
-	"never a lease nobody knows after terminate + release ($free_after free, $known_after held by the waiter's handle)");
+	"never a lease nobody knows after terminate + release ($free_after free, $known_after held by the waiter's handle, "
+	  . "$lost_reply granted with the reply lost)");
+
+### 2b. the waiter behind a hand-off: when the lease handed to the waiter ahead of it
+### runs out (its holder never releases), it is granted then, not at the end of its bound
+{
+	my $key = 'chain:k';
+	my ($hid) = split /\|/, sql("SELECT lock_id FROM try_lock('$key', 60000)");
+	my @w;
+	for my $name ('chain_b', 'chain_c')
+	{
+		my $ttl = $name eq 'chain_b' ? 1000 : 60000;
+		my $bound = $name eq 'chain_b' ? 20000 : 15000;
+		my $bg = $node->background_psql('postgres', on_error_stop => 0);
+		$bg->query_safe("SET application_name = '$name'");
+		$bg->query_until(qr/wait_sent/,
+			"\\echo wait_sent\nSELECT 'got=' || coalesce(lock_id::text, 'null') FROM try_lock('$key', $ttl, $bound);\n");
+		ok(waiter_pid($name), "$name waits for $key");
+		push @w, $bg;
+	}
+	my $c_pid = sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'chain_c'");
+	is(sql("SELECT release('$key', '$hid')"), 't', 'the holder releases: the key goes to the first waiter (1 s lease)');
+	my $t0 = time;
+	ok(poll_for("SELECT count(*) = 1 FROM lockext_leases WHERE key = '$key' AND pid = $c_pid", 14),
+		'the second waiter is granted when the first waiter\'s lease runs out');
+	my $took = time - $t0;
+	cmp_ok($took, '<', 4, sprintf('... about 1 s after the release (%.2f s), not at the end of its 15 s bound', $took));
+	for my $bg (@w) { eval { $bg->quit; }; }
+	sql("SELECT lockext_force_release('$key')");
+	is(waiters(), '0', 'no waiter left after the chain');
+}
 
 ### 3. waits during a grace period
 sub grace_active { return sql('SELECT active FROM lockext_grace()'); }
