@@ -11,6 +11,20 @@
  *   SELECT renew($1::text, $2::uuid, $3::bigint)      true, or false = not held
  *   SELECT release($1::text, $2::uuid)                true, or false = no-op
  *   SELECT active, reason, remaining_ms FROM lockext_grace()     grace_status()
+ *   SELECT try_lock($1::text, $2::bigint, $3::bigint)    try_lock_for (lockext 1.1): the
+ *       lock_handle in binary, decoded like try_lock's; NULL = the bound passed
+ *   SELECT setting::bigint FROM pg_settings WHERE name = 'lockext.max_wait_ms'
+ *       the server's bound on one wait (read once, and again after a 22023)
+ *
+ * try_lock_for: a server-side wait on a connection of the pool (never the pipeline), its
+ * deadlines extended by the wait; a wait beyond lockext.max_wait_ms is a chain of bounded
+ * waits (each one re-joins the key's queue at the tail); 42883 (a lockext 1.0 database)
+ * switches the plugin to polling try_lock for good. Cancellation (cancel_waits, also from
+ * a signal handler): a fixed array of CancelSlot, one per pool connection; a waiter arms
+ * one with PQgetCancel before sending its wait and disarms it after the reply; the
+ * canceller bumps cancel_gen and PQcancels every armed slot (slot states make the
+ * PGcancel's lifetime safe without locks). A connection whose wait was the target of a
+ * cancel is discarded (a late cancel request must not hit its next statement).
  *
  * Every statement runs with libpq's asynchronous API on a non-blocking connection:
  * sending flushes with PQflush + poll(2), every PQgetResult is preceded by
@@ -50,6 +64,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <random>
+#include <thread>
 
 #include <lockext/boot_clock.hpp>
 
@@ -83,14 +99,36 @@ enum Statement : unsigned
 	kRenew = 1,
 	kRelease = 2,
 	kGrace = 3,
-	kStatementCount = 4
+	kTryLockWait = 4,
+	kMaxWait = 5,
+	kStatementCount = 6
 };
 
-constexpr std::array<const char *, kStatementCount> kOpNames = {"try_lock", "renew", "release",
-																"grace_status"};
-constexpr std::array<int, kStatementCount> kParamCount = {2, 3, 2, 0};
+constexpr std::array<const char *, kStatementCount> kOpNames = {
+	"try_lock", "renew", "release", "grace_status", "try_lock_for", "try_lock_for"};
+constexpr std::array<int, kStatementCount> kParamCount = {2, 3, 2, 0, 3, 0};
 /* try_lock's lock_handle comes back in binary (record_send) format, see decode_handle. */
-constexpr std::array<int, kStatementCount> kResultFormat = {1, 0, 0, 0};
+constexpr std::array<int, kStatementCount> kResultFormat = {1, 0, 0, 0, 1, 0};
+
+/* Statements that may wait on the server: always on a pooled connection of their own. */
+constexpr bool
+runs_on_pool(unsigned s) noexcept
+{
+	return s == kGrace || s == kTryLockWait || s == kMaxWait;
+}
+
+/* One waiting connection's PGcancel, reachable from cancel_waits() without locks.
+ * state: kFree -> (waiter) kSetup -> kArmed <-> (canceller) kFiring; the waiter takes it
+ * back kArmed -> kSetup -> kFree, waiting out a kFiring. */
+struct CancelSlot
+{
+	static constexpr int kFree = 0, kSetup = 1, kArmed = 2, kFiring = 3;
+	std::atomic<int> state{kFree};
+	std::atomic<bool> fired{false};
+	PGcancel *cancel = nullptr; // owned by the waiter; valid while kArmed / kFiring
+};
+static_assert(std::atomic<int>::is_always_lock_free && std::atomic<bool>::is_always_lock_free,
+			  "cancel_waits must be async-signal-safe");
 
 enum class NamedMode
 {
@@ -160,6 +198,13 @@ struct PgLockingPlugin::Impl
 	 * (and any call that could wait on the server) keeps using the pool. */
 	std::unique_ptr<detail::PgPipeline> pipeline;
 
+	/* try_lock_for (see the file comment). */
+	std::atomic<std::uint64_t> cancel_gen{0};     // bumped by cancel_waits()
+	std::size_t cancel_slot_count = 0;
+	std::unique_ptr<CancelSlot[]> cancel_slots;   // one per pool connection
+	std::atomic<std::int64_t> max_wait_ms{-1};    // lockext.max_wait_ms, -1 = not read yet
+	std::atomic<bool> polling{false};             // a lockext 1.0 database: poll try_lock
+
 	Impl(std::string conninfo, PgOptions opts)
 		: options(std::move(opts)),
 		  pool(detail::PgPoolConfig{conninfo, std::max<std::size_t>(options.pool_size, 1),
@@ -170,10 +215,15 @@ struct PgLockingPlugin::Impl
 		sql[kRenew] = "SELECT " + q + "renew($1::text, $2::uuid, $3::bigint)";
 		sql[kRelease] = "SELECT " + q + "release($1::text, $2::uuid)";
 		sql[kGrace] = "SELECT active, reason, remaining_ms FROM " + q + "lockext_grace()";
+		sql[kTryLockWait] = "SELECT " + q + "try_lock($1::text, $2::bigint, $3::bigint)";
+		sql[kMaxWait] =
+			"SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'lockext.max_wait_ms'";
 		for (unsigned i = 0; i < kStatementCount; ++i)
 			names[i] = statement_name(kOpNames[i], sql[i]);
 
 		call_timeout = effective_call_timeout(options);
+		cancel_slot_count = std::max<std::size_t>(options.pool_size, 1);
+		cancel_slots = std::make_unique<CancelSlot[]>(cancel_slot_count);
 		mode = options.prepared_statements ? NamedMode::Auto : NamedMode::Off;
 		if (const char *env = std::getenv("LOCKEXT_PREPARED_STATEMENTS"))
 		{
@@ -308,14 +358,14 @@ struct PgLockingPlugin::Impl
 		if (conn == nullptr && fail.kind == FailureKind::Timeout && fail.outcome_unknown)
 		{
 			std::string msg = "outcome unknown";
-			if (s == kTryLock)
+			if (s == kTryLock || s == kTryLockWait)
 				msg += " (a lease may have been granted; it expires after its TTL)";
 			fail.message = msg + ": " + fail.message;
 		}
 		else if (broken && fail.outcome_unknown)
 		{
 			std::string msg = "outcome unknown, the connection failed after the request was sent";
-			if (s == kTryLock)
+			if (s == kTryLock || s == kTryLockWait)
 				msg += " (a lease may have been granted; it expires after its TTL)";
 			fail.message = msg + ": " + fail.message;
 		}
@@ -333,18 +383,63 @@ struct PgLockingPlugin::Impl
 
 	/* The deadline of a statement starting now: statement_timeout, or the call's deadline
 	 * when that comes first. */
-	Deadline statement_deadline(Clock::time_point call_deadline) const
+	Deadline statement_deadline(Clock::time_point call_deadline,
+								milliseconds extra = milliseconds(0)) const
 	{
-		Deadline deadline;
+		Deadline deadline; // extra: a server-side wait's length, added to statement_timeout
 		if (options.statement_timeout.count() > 0)
-			deadline.at = Clock::now() + options.statement_timeout;
+			deadline.at = Clock::now() + options.statement_timeout + extra;
 		if (call_deadline < deadline.at)
 			deadline = Deadline{call_deadline, "call_timeout"};
 		return deadline;
 	}
 
-	/* Runs statement s with params on a pooled connection. */
-	Reply execute(Statement s, const char *const *params)
+	/* Arms a free cancel slot for conn (nullptr: none free, or no PGcancel). */
+	CancelSlot *arm_cancel(PGconn *conn)
+	{
+		for (std::size_t i = 0; i < cancel_slot_count; ++i)
+		{
+			CancelSlot &slot = cancel_slots[i];
+			int expected = CancelSlot::kFree;
+			if (!slot.state.compare_exchange_strong(expected, CancelSlot::kSetup))
+				continue;
+			slot.cancel = PQgetCancel(conn);
+			if (slot.cancel == nullptr)
+			{
+				slot.state.store(CancelSlot::kFree);
+				return nullptr;
+			}
+			slot.fired.store(false);
+			slot.state.store(CancelSlot::kArmed);
+			return &slot;
+		}
+		return nullptr;
+	}
+
+	/* Takes the slot back; true if a cancel was sent through it. */
+	static bool disarm_cancel(CancelSlot *slot)
+	{
+		if (slot == nullptr)
+			return false;
+		for (;;)
+		{
+			int expected = CancelSlot::kArmed;
+			if (slot->state.compare_exchange_weak(expected, CancelSlot::kSetup))
+				break;
+			std::this_thread::yield(); // a PQcancel through it is in progress
+		}
+		PQfreeCancel(slot->cancel);
+		slot->cancel = nullptr;
+		const bool fired = slot->fired.load();
+		slot->state.store(CancelSlot::kFree);
+		return fired;
+	}
+
+	/* Runs statement s with params on a pooled connection. extra: added to the call's
+	 * and the statement's deadlines (a server-side wait). cancel_gen0 (waits only): the
+	 * cancel generation the call began in; the statement is not sent once it changed. */
+	Reply execute(Statement s, const char *const *params, milliseconds extra = milliseconds(0),
+				  std::optional<std::uint64_t> cancel_gen0 = std::nullopt)
 	{
 		if (bad_conninfo)
 		{
@@ -354,9 +449,10 @@ struct PgLockingPlugin::Impl
 		}
 		/* One deadline for the whole call: waiting for a pool slot, connecting (every
 		 * host) and the statement (see PgOptions::call_timeout). */
-		const auto call_deadline =
-			call_timeout.count() > 0 ? Clock::now() + call_timeout : Clock::time_point::max();
-		if (pipeline && s != kGrace && !pipeline->bypassed())
+		const auto call_deadline = call_timeout.count() > 0
+									   ? Clock::now() + call_timeout + extra
+									   : Clock::time_point::max();
+		if (pipeline && !runs_on_pool(s) && !pipeline->bypassed())
 		{
 			bool use_pool = false;
 			auto res = execute_pipelined(s, params, call_deadline, use_pool);
@@ -371,8 +467,14 @@ struct PgLockingPlugin::Impl
 			f.message = failure(kOpNames[s], f.message);
 			return std::unexpected(std::move(f));
 		}
-		const Deadline deadline = statement_deadline(call_deadline);
+		const Deadline deadline = statement_deadline(call_deadline, extra);
 		PGconn *pg = (*conn)->conn.get();
+		CancelSlot *slot = cancel_gen0 ? arm_cancel(pg) : nullptr;
+		if (cancel_gen0 && cancel_gen.load() != *cancel_gen0)
+		{
+			disarm_cancel(slot);
+			return std::unexpected(cancelled_failure());
+		}
 		bool named = use_named();
 		auto res = send_and_wait(pg, (*conn)->prepared, s, params, deadline, named);
 		if (!res && named && mode == NamedMode::Auto &&
@@ -384,9 +486,19 @@ struct PgLockingPlugin::Impl
 			named = false;
 			res = send_and_wait(pg, (*conn)->prepared, s, params, deadline, named);
 		}
+		if (disarm_cancel(slot))
+			conn->discard(); // a late cancel request must not hit its next statement
 		if (!res)
 			return std::unexpected(report(s, &*conn, std::move(res.error()), named));
 		return res;
+	}
+
+	/* The failure of a wait ended by cancel_waits(). */
+	static Failure cancelled_failure()
+	{
+		return make_failure(FailureKind::Timeout,
+							failure("try_lock_for", "the wait was cancelled (cancel_waits)"),
+							"57014");
 	}
 
 	/* execute() through the pipeline: the same statement-mode fallback (a pooler's
@@ -619,6 +731,180 @@ PgLockingPlugin::release_outcome(LockHandle handle)
 	if (!released)
 		return std::unexpected(std::move(released.error()));
 	return {}; // false = not held under this lock_id: a silent no-op
+}
+
+namespace
+{
+
+/* The bigint text of v (a NUL-terminated buffer of 24). */
+void
+to_text(std::int64_t v, char (&out)[24])
+{
+	*std::to_chars(out, out + sizeof out - 1, v).ptr = '\0';
+}
+
+} // namespace
+
+void
+PgLockingPlugin::cancel_waits() noexcept
+{
+	Impl &impl = *m_impl;
+	impl.cancel_gen.fetch_add(1);
+	for (std::size_t i = 0; i < impl.cancel_slot_count; ++i)
+	{
+		CancelSlot &slot = impl.cancel_slots[i];
+		int expected = CancelSlot::kArmed;
+		if (!slot.state.compare_exchange_strong(expected, CancelSlot::kFiring))
+			continue;
+		char errbuf[256];
+		(void) PQcancel(slot.cancel, errbuf, sizeof errbuf); // async-signal-safe
+		slot.fired.store(true);
+		slot.state.store(CancelSlot::kArmed);
+	}
+}
+
+Outcome<std::optional<LockHandle>>
+PgLockingPlugin::try_lock_for_outcome(std::string_view key, std::uint64_t ttl_ms,
+									  std::chrono::milliseconds wait)
+{
+	if (wait < milliseconds::zero())
+		return std::unexpected(bad_wait(wait));
+	if (wait == milliseconds::zero())
+		return try_lock_outcome(key, ttl_ms);
+	if (auto ok = detail::check_key("try_lock", key, 0); !ok)
+		return std::unexpected(std::move(ok.error()));
+	if (auto ok = detail::check_ttl("try_lock", ttl_ms, std::nullopt); !ok)
+		return std::unexpected(std::move(ok.error()));
+	Impl &impl = *m_impl;
+	const std::uint64_t gen0 = impl.cancel_gen.load();
+	const auto give_up = Clock::now() + wait;
+	auto cancelled = [&] { return impl.cancel_gen.load() != gen0; };
+	/* A handle obtained while a cancel was requested is given back. */
+	auto settle = [&](Outcome<std::optional<LockHandle>> r) -> Outcome<std::optional<LockHandle>>
+	{
+		if (!cancelled())
+			return r;
+		if (r && r->has_value())
+			(void) release_outcome(**r);
+		return std::unexpected(Impl::cancelled_failure());
+	};
+	auto left_ms = [&]
+	{
+		return std::chrono::ceil<milliseconds>(give_up - Clock::now());
+	};
+
+	/* Reads lockext.max_wait_ms; false if it could not be read (error in out). */
+	auto read_max_wait = [&](Failure &out) -> bool
+	{
+		auto res = impl.execute(kMaxWait, nullptr, milliseconds(0), gen0);
+		if (!res)
+		{
+			out = std::move(res.error());
+			return false;
+		}
+		const PGresult *r = res->get();
+		std::int64_t v = 0;
+		if (PQntuples(r) != 1 || PQnfields(r) != 1 || PQgetisnull(r, 0, 0) ||
+			!parse_number(PQgetvalue(r, 0, 0), v) || v < 0)
+		{
+			out = bad_reply("try_lock_for", r);
+			return false;
+		}
+		impl.max_wait_ms.store(v);
+		return true;
+	};
+
+	std::string key_text(key);
+	char ttl_text[24];
+	to_text(static_cast<std::int64_t>(ttl_ms), ttl_text);
+	while (!impl.polling.load())
+	{
+		if (cancelled())
+			return std::unexpected(Impl::cancelled_failure());
+		if (impl.max_wait_ms.load() < 0)
+		{
+			Failure f;
+			if (!read_max_wait(f))
+			{
+				if (f.sqlstate == "57014" && cancelled())
+					return std::unexpected(Impl::cancelled_failure());
+				return std::unexpected(std::move(f));
+			}
+		}
+		const std::int64_t max_wait = impl.max_wait_ms.load();
+		if (max_wait == 0)
+			break; // the server allows no waits: poll
+		const milliseconds left = left_ms();
+		if (left.count() <= 0)
+			return std::optional<LockHandle>{}; // the bound passed: contention
+		const milliseconds chunk = std::min(left, milliseconds(max_wait));
+		char wait_text[24];
+		to_text(chunk.count(), wait_text);
+		const char *params[] = {key_text.c_str(), ttl_text, wait_text};
+		auto res = impl.execute(kTryLockWait, params, chunk, gen0);
+		if (!res)
+		{
+			Failure f = std::move(res.error());
+			if (cancelled() && (f.sqlstate == "57014" || f.kind == FailureKind::Timeout))
+				return std::unexpected(Impl::cancelled_failure());
+			if (f.sqlstate == "42883")
+			{
+				/* A lockext 1.0 database: no try_lock(text, bigint, bigint). */
+				if (!impl.polling.exchange(true))
+					impl.log("the database has lockext 1.0 (no server-side waits: " + f.message +
+							 "); try_lock_for polls try_lock with backoff instead");
+				break;
+			}
+			if (f.sqlstate == "22023")
+			{
+				/* Maybe lockext.max_wait_ms was lowered (reload): read it again and retry
+				 * if our wait is now beyond it; otherwise the key or ttl was refused. */
+				const std::int64_t before = max_wait;
+				Failure g;
+				if (read_max_wait(g) && impl.max_wait_ms.load() < before)
+					continue;
+			}
+			return std::unexpected(std::move(f));
+		}
+		auto handle = decode_handle(res->get(), key_text);
+		if (!handle || handle->has_value())
+			return settle(std::move(handle));
+		/* NULL: this bounded wait ended without a grant. Chain the next one (it joins the
+		 * key's queue at the tail) while the whole bound has not passed. */
+	}
+
+	/* Polling (lockext 1.0, or lockext.max_wait_ms = 0): jittered exponential backoff, a
+	 * random delay in [d/2, d], d = 50 ms doubling up to 1.5 s, never past the bound; the
+	 * sleep checks for cancel_waits() every 20 ms. */
+	std::minstd_rand rng{std::random_device{}()};
+	milliseconds backoff{50};
+	for (;;)
+	{
+		if (cancelled())
+			return std::unexpected(Impl::cancelled_failure());
+		auto r = try_lock_outcome(key, ttl_ms);
+		if (!r || r->has_value())
+			return settle(std::move(r));
+		const auto now = Clock::now();
+		if (now >= give_up)
+			return r;
+		std::uniform_int_distribution<long long> jitter(backoff.count() / 2, backoff.count());
+		const auto wake = std::min<Clock::time_point>(now + milliseconds(jitter(rng)), give_up);
+		for (auto t = Clock::now(); t < wake; t = Clock::now())
+		{
+			if (cancelled())
+				return std::unexpected(Impl::cancelled_failure());
+			std::this_thread::sleep_for(std::min<Clock::duration>(wake - t, milliseconds(20)));
+		}
+		backoff = std::min(backoff * 2, milliseconds(1500));
+	}
+}
+
+Result<std::optional<LockHandle>>
+PgLockingPlugin::try_lock_for(std::string_view key, std::uint64_t ttl_ms,
+							  std::chrono::milliseconds wait)
+{
+	return to_result(try_lock_for_outcome(key, ttl_ms, wait));
 }
 
 Result<std::optional<LockHandle>>

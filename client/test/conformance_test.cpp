@@ -17,6 +17,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <numeric>
 #include <cctype>
 #include <thread>
 
@@ -558,6 +559,164 @@ TEST_P(Conformance, ScopedLeaseReportsATakenOverLease)
 	EXPECT_TRUE(m_plugin->release(next).has_value());
 }
 
+/* --- try_lock_for (lockext 1.1): waiting for a held key ------------------------------- */
+
+/* A free key is granted at once, also with a long bound. */
+TEST_P(Conformance, TryLockForGrantsAFreeKeyAtOnce)
+{
+	const std::string k = key();
+	const auto t0 = lockext::BootClock::now();
+	auto r = m_plugin->try_lock_for(k, 30000, 10s);
+	ASSERT_TRUE(r.has_value()) << r.error();
+	ASSERT_TRUE(r->has_value());
+	EXPECT_LT(lockext::BootClock::now() - t0, 1s);
+	EXPECT_EQ((*r)->key, k);
+	EXPECT_EQ((*r)->ttl_ms, 30000u);
+	EXPECT_TRUE(is_uuid_v4((*r)->lock_id)) << (*r)->lock_id;
+	EXPECT_TRUE(m_plugin->release(**r).has_value());
+}
+
+/* wait = 0 is try_lock: contention at once, as a value. */
+TEST_P(Conformance, TryLockForZeroWaitIsTryLock)
+{
+	const std::string k = key();
+	LockHandle h = grant(k, 30000);
+	const auto t0 = lockext::BootClock::now();
+	auto r = m_plugin->try_lock_for(k, 30000, 0ms);
+	ASSERT_TRUE(r.has_value()) << r.error();
+	EXPECT_FALSE(r->has_value());
+	EXPECT_LT(lockext::BootClock::now() - t0, 1s);
+	EXPECT_TRUE(m_plugin->release(h).has_value());
+}
+
+/* A negative wait is bad input with a clear message, never contention. */
+TEST_P(Conformance, TryLockForNegativeWaitIsBadInput)
+{
+	auto r = m_plugin->try_lock_for_outcome(key(), 1000, -5ms);
+	ASSERT_FALSE(r.has_value());
+	EXPECT_EQ(r.error().kind, lockext::FailureKind::BadInput);
+	EXPECT_NE(r.error().message.find("wait must be >= 0 ms (got -5 ms)"), std::string::npos)
+		<< r.error().message;
+	auto s = m_plugin->try_lock_for(key(), 1000, -5ms);
+	ASSERT_FALSE(s.has_value());
+	EXPECT_EQ(s.error(), r.error().message);
+	auto bad_key = m_plugin->try_lock_for_outcome("", 1000, 100ms);
+	ASSERT_FALSE(bad_key.has_value());
+	EXPECT_EQ(bad_key.error().kind, lockext::FailureKind::BadInput);
+}
+
+/* A held key is granted to the waiter when another thread releases it: promptly (push,
+ * not a backoff step) and with a greater fence. */
+TEST_P(Conformance, TryLockForGetsTheKeyWhenAnotherThreadReleases)
+{
+	const std::string k = key();
+	LockHandle h = grant(k, 30000);
+	std::atomic<std::int64_t> released_at{0};
+	std::thread releaser(
+		[&]
+		{
+			std::this_thread::sleep_for(300ms);
+			released_at = lockext::BootClock::now().time_since_epoch().count();
+			EXPECT_TRUE(m_plugin->release(h).has_value());
+		});
+	auto r = m_plugin->try_lock_for(k, 30000, 10s);
+	const auto got_at = lockext::BootClock::now().time_since_epoch().count();
+	releaser.join();
+	ASSERT_TRUE(r.has_value()) << r.error();
+	ASSERT_TRUE(r->has_value()) << "the bound passed although the key was released";
+	EXPECT_GT((*r)->fence, h.fence);
+	const auto lag = std::chrono::nanoseconds(got_at - released_at.load());
+	EXPECT_LT(lag, 250ms) << "granted " << lag.count() / 1000000 << " ms after the release";
+	RecordProperty("handoff_us", static_cast<int>(lag.count() / 1000));
+	EXPECT_TRUE(m_plugin->release(**r).has_value());
+}
+
+/* The bound passes while the key stays held: a value without a handle, after the bound. */
+TEST_P(Conformance, TryLockForBoundPassesIsContention)
+{
+	const std::string k = key();
+	LockHandle h = grant(k, 30000);
+	const auto t0 = lockext::BootClock::now();
+	auto r = m_plugin->try_lock_for(k, 30000, 400ms);
+	const auto took = lockext::BootClock::now() - t0;
+	ASSERT_TRUE(r.has_value()) << "contention must not be an error: " << r.error();
+	EXPECT_FALSE(r->has_value());
+	EXPECT_GE(took, 390ms);
+	EXPECT_LT(took, 2s);
+	EXPECT_TRUE(m_plugin->release(h).has_value());
+	EXPECT_FALSE(contended(k)) << "the timed-out waiter left something behind";
+}
+
+/* The holder's lease expires (no release): the waiter is woken and granted. */
+TEST_P(Conformance, TryLockForIsWokenByTheHoldersExpiry)
+{
+	const std::string k = key();
+	const auto t0 = lockext::BootClock::now();
+	LockHandle h = grant(k, 400);
+	auto r = m_plugin->try_lock_for(k, 30000, 10s);
+	const auto took = lockext::BootClock::now() - t0;
+	ASSERT_TRUE(r.has_value()) << r.error();
+	ASSERT_TRUE(r->has_value());
+	EXPECT_GT((*r)->fence, h.fence);
+	EXPECT_GE(took, 390ms);
+	EXPECT_LT(took, 1500ms) << "the waiter was not woken at the holder's expiry";
+	EXPECT_TRUE(m_plugin->release(**r).has_value());
+}
+
+/* Three threads wait on one key, arriving 250 ms apart: they get it in arrival order,
+ * each with a greater fence, and a plain try_lock never barges in between. Through
+ * PgBouncer (default_pool_size = 2 in run.sh) one waiter only: a waiting statement holds
+ * one of the pooler's server connections for the whole wait, and the release needs the
+ * other. */
+TEST_P(Conformance, TryLockForServesWaitersFirstComeFirstServed)
+{
+	const int n = std::string(GetParam().label).starts_with("pgbouncer") ? 1 : 3;
+	const std::string k = key();
+	LockHandle h = grant(k, 30000);
+	std::mutex m;
+	std::vector<int> order;
+	std::vector<std::int64_t> fences;
+	std::vector<std::string> errors;
+	std::vector<std::thread> waiters;
+	for (int i = 0; i < n; ++i)
+	{
+		waiters.emplace_back(
+			[&, i]
+			{
+				auto r = m_plugin->try_lock_for(k, 30000, 20s);
+				std::lock_guard g(m);
+				if (!r)
+					errors.push_back(r.error());
+				else if (!r->has_value())
+					errors.push_back("waiter " + std::to_string(i) + ": bound passed");
+				else
+				{
+					order.push_back(i);
+					fences.push_back((*r)->fence);
+				}
+				if (r && r->has_value())
+				{
+					std::this_thread::sleep_for(100ms);
+					EXPECT_TRUE(m_plugin->release(**r).has_value());
+				}
+			});
+		std::this_thread::sleep_for(250ms); // waiter i is queued before i + 1 starts
+	}
+	EXPECT_TRUE(contended(k)) << "a plain try_lock barged past the waiters";
+	EXPECT_TRUE(m_plugin->release(h).has_value());
+	for (auto &t : waiters)
+		t.join();
+	EXPECT_TRUE(errors.empty()) << errors.front();
+	std::vector<int> expected(static_cast<std::size_t>(n));
+	std::iota(expected.begin(), expected.end(), 0);
+	EXPECT_EQ(order, expected);
+	ASSERT_EQ(fences.size(), static_cast<std::size_t>(n));
+	EXPECT_GT(fences[0], h.fence);
+	for (std::size_t i = 1; i < fences.size(); ++i)
+		EXPECT_LT(fences[i - 1], fences[i]);
+	EXPECT_FALSE(contended(k));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Conformance,
 						 ::testing::ValuesIn(lockext::test::conformance_backends()),
 						 [](const auto &info) { return info.param.label; });
@@ -611,6 +770,106 @@ TEST(MemoryBackend, CleanupDropsLeasesButFencesKeepIncreasing)
 	auto second = plugin.try_lock("k", 30000);
 	ASSERT_TRUE(second && second->has_value());
 	EXPECT_GT((*second)->fence, first.fence);
+}
+
+/* A waiter re-arms its timed wait when the holder renews (no early grant), cleanup()
+ * wakes it, and a head waiter whose bound passes hands its turn to the next one. */
+TEST(MemoryBackend, TryLockForFollowsRenewalsCleanupAndTimedOutHeads)
+{
+	lockext::MemoryLockingPlugin plugin;
+	auto h = plugin.try_lock("k", 300).value().value();
+	std::thread renewer(
+		[&]
+		{
+			std::this_thread::sleep_for(200ms);
+			EXPECT_TRUE(plugin.renew(h).has_value()); // now expires at ~500 ms
+		});
+	const auto t0 = lockext::BootClock::now();
+	auto r = plugin.try_lock_for("k", 30000, 5s);
+	renewer.join();
+	ASSERT_TRUE(r && r->has_value());
+	EXPECT_GE(lockext::BootClock::now() - t0, 480ms) << "granted before the renewed expiry";
+	EXPECT_LT(lockext::BootClock::now() - t0, 1500ms) << "not woken at the renewed expiry";
+
+	// cleanup() drops the lease and wakes the waiter.
+	std::thread cleaner(
+		[&]
+		{
+			std::this_thread::sleep_for(150ms);
+			EXPECT_TRUE(plugin.cleanup().has_value());
+		});
+	auto c = plugin.try_lock_for("k", 30000, 5s);
+	cleaner.join();
+	ASSERT_TRUE(c && c->has_value());
+
+	// A head with a short bound times out; the next waiter (long bound) gets the key at
+	// the release, not after its own bound.
+	std::optional<LockHandle> second;
+	std::thread head([&] { EXPECT_FALSE(plugin.try_lock_for("k", 30000, 200ms).value()); });
+	std::this_thread::sleep_for(50ms);
+	std::thread next([&] { second = plugin.try_lock_for("k", 30000, 5s).value(); });
+	head.join();
+	std::this_thread::sleep_for(100ms);
+	const auto released = lockext::BootClock::now();
+	ASSERT_TRUE(plugin.release(**c).has_value());
+	next.join();
+	ASSERT_TRUE(second.has_value());
+	EXPECT_LT(lockext::BootClock::now() - released, 200ms);
+}
+
+/* A third-party plugin that implements only the string calls gets the default
+ * try_lock_for: polling with backoff, the same three results. */
+TEST(DefaultTryLockFor, PollsUntilGrantedOrTheBoundPasses)
+{
+	struct ThirdParty final : LockingPlugin
+	{
+		lockext::MemoryLockingPlugin inner;
+		std::atomic<int> calls{0};
+		std::string_view name() const override
+		{
+			return "third-party";
+		}
+		lockext::Result<std::optional<LockHandle>> try_lock(std::string_view key,
+															 std::uint64_t ttl) override
+		{
+			++calls;
+			return inner.try_lock(key, ttl);
+		}
+		lockext::Result<void> renew(const LockHandle &h) override
+		{
+			return inner.renew(h);
+		}
+		lockext::Result<void> release(LockHandle h) override
+		{
+			return inner.release(std::move(h));
+		}
+	} plugin;
+	auto h = plugin.try_lock("k", 30000).value().value();
+	const auto t0 = lockext::BootClock::now();
+	auto timed_out = plugin.try_lock_for("k", 30000, 300ms);
+	ASSERT_TRUE(timed_out.has_value()) << timed_out.error();
+	EXPECT_FALSE(timed_out->has_value());
+	EXPECT_GE(lockext::BootClock::now() - t0, 290ms);
+	EXPECT_GT(plugin.calls.load(), 2);
+	EXPECT_LT(plugin.calls.load(), 40) << "the default polls without backing off";
+
+	std::thread releaser(
+		[&]
+		{
+			std::this_thread::sleep_for(200ms);
+			EXPECT_TRUE(plugin.release(h).has_value());
+		});
+	auto r = plugin.try_lock_for("k", 30000, 5s);
+	releaser.join();
+	ASSERT_TRUE(r && r->has_value());
+	EXPECT_GT((*r)->fence, h.fence);
+
+	auto bad = plugin.try_lock_for_outcome("k", 1000, -1ms);
+	ASSERT_FALSE(bad.has_value());
+	EXPECT_EQ(bad.error().kind, lockext::FailureKind::BadInput);
+	auto err = plugin.try_lock_for_outcome("", 1000, 10ms);
+	ASSERT_FALSE(err.has_value());
+	EXPECT_EQ(err.error().kind, lockext::FailureKind::Unknown); // only a string to go on
 }
 
 /* ---- classification of connect failures (errors.cpp, unit level) ---------------- */

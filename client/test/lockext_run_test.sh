@@ -115,6 +115,106 @@ wait "$holder"
 check "--wait 600ms on a longer holder: gives up with the conflict status after ~600 ms (${elapsed} ms)" \
     '[ "$s" = 1 ] && [ "$elapsed" -ge 550 ] && [ "$elapsed" -lt 1500 ]'
 
+# ---- --wait waits on the server (lockext 1.1): push, FIFO, cancelled by SIGTERM -------
+# A holder taken with SQL (released at a known instant); the waiter's command writes the
+# time it started.
+k=$(key push)
+lid=$(sql "SELECT (try_lock('$k', 30000)).lock_id")
+"$RUN" -d "$DSN" -k "$k" -w 20s -- sh -c "date +%s%3N >'$T/push.started'" 2>"$T/push.err" &
+p=$!
+echo "$p" >>"$T/cleanup"
+sleep 2.5 # a polling waiter would be in 1.5 s backoff steps by now
+w=$(sql "SELECT waiters FROM lockext_leases WHERE key = '$k'")
+released=$(now_ms)
+sql "SELECT release('$k', '$lid')" >/dev/null
+wait "$p"
+s=$?
+lag=$(( $(cat "$T/push.started" 2>/dev/null || echo 0) - released ))
+check "--wait: the waiter waits on the server (lockext_leases.waiters = $w)" '[ "$w" = 1 ]'
+check "--wait: granted when the holder releases, within a fraction of a second (${lag} ms, exit $s)" \
+    '[ "$s" = 0 ] && [ "$lag" -ge 0 ] && [ "$lag" -lt 300 ]'
+
+# SIGTERM while waiting: exits at once with 128+15, leaves no waiter, and the lease is
+# never handed to the dead waiter when the holder releases afterwards.
+k=$(key termwait)
+lid=$(sql "SELECT (try_lock('$k', 30000)).lock_id")
+"$RUN" -d "$DSN" -k "$k" -t 20s -w 30s -- touch "$T/termwait.ran" 2>"$T/termwait.err" &
+p=$!
+echo "$p" >>"$T/cleanup"
+for i in $(seq 50); do
+    [ "$(sql "SELECT waiters FROM lockext_leases WHERE key = '$k'")" = 1 ] && break
+    sleep 0.1
+done
+start=$(now_ms)
+kill -TERM "$p"
+wait "$p"
+s=$?
+elapsed=$(($(now_ms) - start))
+w=$(sql "SELECT waiters FROM lockext_leases WHERE key = '$k'")
+sql "SELECT release('$k', '$lid')" >/dev/null
+sleep 0.3
+check "--wait, SIGTERM while waiting: exit 143 within 500 ms (${elapsed} ms, exit $s)" \
+    '[ "$s" = 143 ] && [ "$elapsed" -lt 500 ]'
+check "--wait, SIGTERM while waiting: no waiter left on the server ($w)" '[ "$w" = 0 ]'
+check "--wait, SIGTERM while waiting: no lease handed to the dead waiter, the command never ran" \
+    '[ "$(leases "$k")" = 0 ] && [ ! -e "$T/termwait.ran" ]'
+
+# Chained waits: a --wait longer than the server's lockext.max_wait_ms (300 ms here) is
+# sent as successive bounded waits, never refused (22023) and never cut short.
+sql "ALTER SYSTEM SET lockext.max_wait_ms = 300" && sql "SELECT pg_reload_conf()" >/dev/null
+for i in $(seq 50); do
+    [ "$(sql "SHOW lockext.max_wait_ms")" = 300ms ] && break
+    sleep 0.1
+done
+k=$(key chain)
+lid=$(sql "SELECT (try_lock('$k', 30000)).lock_id")
+start=$(now_ms)
+"$RUN" -d "$DSN" -k "$k" -w 1200ms -q -- true 2>"$T/chain.err"
+s=$?
+elapsed=$(($(now_ms) - start))
+check "--wait 1200ms over lockext.max_wait_ms = 300: conflict after the whole bound (${elapsed} ms, exit $s)" \
+    '[ "$s" = 1 ] && [ "$elapsed" -ge 1150 ] && [ "$elapsed" -lt 2500 ]'
+( sleep 1; sql "SELECT release('$k', '$lid')" >/dev/null ) &
+"$RUN" -d "$DSN" -k "$k" -w 5s -- true 2>"$T/chain2.err"
+s=$?
+wait
+check "--wait 5s over lockext.max_wait_ms = 300: granted at the release after ~1 s (exit $s)" '[ "$s" = 0 ]'
+sql "ALTER SYSTEM RESET lockext.max_wait_ms" && sql "SELECT pg_reload_conf()" >/dev/null
+for i in $(seq 50); do
+    [ "$(sql "SHOW lockext.max_wait_ms")" = 1min ] && break
+    sleep 0.1
+done
+
+# A lockext 1.0 database (no try_lock(key, ttl, wait)): --wait polls as before, and a
+# SIGTERM still ends the wait at once.
+v10db="lockext_run_v10_$$"
+if sql "CREATE DATABASE $v10db" >/dev/null &&
+    "$PSQL" "$DSN dbname=$v10db" -qAtc "CREATE EXTENSION lockext VERSION '1.0'" >/dev/null; then
+    V10="$DSN dbname=$v10db"
+    k=$(key v10)
+    lid=$("$PSQL" "$V10" -qAtc "SELECT (try_lock('$k', 30000)).lock_id")
+    ( sleep 1; "$PSQL" "$V10" -qAtc "SELECT release('$k', '$lid')" >/dev/null ) &
+    "$RUN" -d "$V10" -k "$k" -w 5s -- touch "$T/v10.ran" 2>"$T/v10.err"
+    s=$?
+    wait
+    check "--wait against a lockext 1.0 database: polls and gets the key (exit $s)" \
+        '[ "$s" = 0 ] && [ -e "$T/v10.ran" ]'
+    lid=$("$PSQL" "$V10" -qAtc "SELECT (try_lock('$k', 30000)).lock_id")
+    "$RUN" -d "$V10" -k "$k" -w 30s -- true 2>/dev/null &
+    p=$!
+    sleep 0.8
+    start=$(now_ms)
+    kill -TERM "$p"
+    wait "$p"
+    s=$?
+    elapsed=$(($(now_ms) - start))
+    check "--wait against a lockext 1.0 database: SIGTERM ends the polling at once (${elapsed} ms, exit $s)" \
+        '[ "$s" = 143 ] && [ "$elapsed" -lt 500 ]'
+    sql "DROP DATABASE $v10db" >/dev/null
+else
+    not_ok "lockext 1.0 database cases" "cannot create a database with lockext 1.0"
+fi
+
 # ---- renewal keeps the lease for longer than its TTL -----------------------------
 k=$(key renew)
 "$RUN" -d "$DSN" -k "$k" -t 1s -- sleep 2.5 &

@@ -4,7 +4,8 @@
  *
  *     lockext-run [options] -k KEY [--] COMMAND [ARGS...]
  *
- * Takes the lease (waiting up to --wait with jittered exponential backoff), forks and
+ * Takes the lease (waiting up to --wait on the server: try_lock_for, cancelled by the
+ * forwarded signals; polling with jittered backoff against a lockext 1.0 database), forks and
  * execs the command in its own process group with LOCKEXT_KEY, LOCKEXT_LOCK_ID,
  * LOCKEXT_FENCE and LOCKEXT_TTL_MS in its environment, renews the lease with a
  * LeaseKeeper while it runs, and stops the command's whole process tree before the
@@ -247,67 +248,182 @@ contention_message(lockext::PgLockingPlugin &locks, const Options &o)
 		   (o.wait.count() > 0 ? " (gave up waiting)" : "");
 }
 
-/* Takes the lease, retrying with jittered exponential backoff until o.wait has passed.
- * Returns the handle, or sets exit_status. before = time just before the granting
- * try_lock. A forwarded signal in the wait ends it with 128+signal. */
-std::optional<lockext::LockHandle>
-acquire(lockext::PgLockingPlugin &locks, const Options &o, int sfd, int tfd, const Front &front,
-		Clock::time_point &before, int &exit_status)
+/* How long the exit path waits for the keeper to stop and the release to be answered.
+ * The command is dead by then; a stalled server (a renew to wait for, then a connect)
+ * must not keep lockext-run from exiting: the lease then expires on the server. Also
+ * the bound on a cancelled wait's end (acquire_waiting). */
+constexpr milliseconds kExitWait{2000};
+
+/* The lease after a grant: when the grant came after a wait (a server-side wait may end
+ * long after the request was sent, and chained waits were sent later still), the lease's
+ * start is not known from the send time `before`, so the lease is renewed once at once
+ * and `before` becomes that renew's send time (the deadlines of the safety margin are
+ * measured from it). Returns false (and sets exit_status) if the lease is already gone. */
+bool
+settle_waited_grant(lockext::PgLockingPlugin &locks, const Options &o,
+					const lockext::LockHandle &h, Clock::time_point &before, int &exit_status)
 {
-	const auto give_up = Clock::now() + o.wait;
-	std::mt19937_64 rng{std::random_device{}()};
-	milliseconds backoff{50};
-	std::vector<pollfd> fds{{sfd, POLLIN, 0}, {front.fd, POLLIN, 0}};
+	if (Clock::now() - before <= o.effective_margin())
+		return true; // granted at once: `before` bounds the lease's start
+	const auto sent = Clock::now();
+	if (auto r = locks.renew_outcome(h); !r)
+	{
+		complain("%s", "lease '" + o.key + "' was granted after the wait but could not be renewed: " +
+						   r.error().message);
+		(void) locks.release(h);
+		exit_status = r.error().kind == lockext::FailureKind::LockLost
+						  ? kExitTempFail
+						  : exit_status_for(r.error());
+		return false;
+	}
+	before = sent;
+	return true;
+}
+
+/* The result of a try_lock_for run on a thread of its own (acquire_waiting). */
+struct WaitOutcome
+{
+	int pipe[2] = {-1, -1}; // a byte is written to pipe[1] when `result` is set
+	std::optional<lockext::Outcome<std::optional<lockext::LockHandle>>> result;
+	~WaitOutcome()
+	{
+		for (int fd : pipe)
+			if (fd >= 0)
+				close(fd);
+	}
+};
+
+/* --wait > 0: one try_lock_for (server-side waits, FIFO with direct hand-off; the
+ * plugin chains bounded waits when --wait exceeds lockext.max_wait_ms, and polls with
+ * jittered backoff against a lockext 1.0 database) on a thread of its own, while this
+ * thread watches the signalfd and the front. A forwarded signal (SIGINT, SIGTERM, ...)
+ * or the front's death cancels the wait at once (PgLockingPlugin::cancel_waits: a
+ * PQcancel of the waiting connection, so the server drops the waiter and never hands the
+ * lease to a client that is gone); a lease granted at the same moment is released.
+ * Returns the outcome, or nullopt with exit_status set. */
+std::optional<lockext::Outcome<std::optional<lockext::LockHandle>>>
+acquire_waiting(lockext::PgLockingPlugin &locks, const Options &o, int sfd, const Front &front,
+				int &exit_status)
+{
+	auto out = std::make_shared<WaitOutcome>();
+	if (pipe2(out->pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+	{
+		complain("cannot wait for the lock: pipe: %s", std::strerror(errno));
+		exit_status = kExitOsErr;
+		return std::nullopt;
+	}
+	// The thread inherits the blocked signal mask: signals stay with the signalfd.
+	std::thread worker(
+		[out, &locks, &o]
+		{
+			out->result =
+				locks.try_lock_for_outcome(o.key, static_cast<std::uint64_t>(o.ttl.count()), o.wait);
+			const char byte = 1;
+			(void) !write(out->pipe[1], &byte, 1);
+		});
+	int interrupted = 0; // the exit status of a cancelled wait (128 + signal)
+	std::optional<std::chrono::steady_clock::time_point> give_up; // after a cancel
 	for (;;)
 	{
-		before = Clock::now();
-		auto r = locks.try_lock_outcome(o.key, static_cast<std::uint64_t>(o.ttl.count()));
-		if (!r)
+		int timeout_ms = 1000;
+		if (give_up)
 		{
-			report_failure(r.error());
-			exit_status = exit_status_for(r.error());
-			return std::nullopt;
-		}
-		if (r->has_value())
-		{
-			if (auto sigs = drain_signals(sfd, front.pid); !sigs.forwarded.empty())
+			const auto left = std::chrono::ceil<milliseconds>(*give_up -
+															   std::chrono::steady_clock::now());
+			if (left.count() <= 0)
 			{
-				(void) locks.release(**r);
-				exit_status = 128 + sigs.forwarded.back();
-				return std::nullopt;
+				// The server did not answer the cancel (stalled): leave the waiting thread
+				// behind; exiting closes its connection, which ends the wait on the server.
+				worker.detach();
+				complain("%s", "the wait for '" + o.key + "' did not end within " +
+								   std::to_string(kExitWait.count()) + " ms of the cancel; exiting");
+				diag::flush(milliseconds(300));
+				_exit(interrupted);
 			}
-			return **r;
+			// Cancel again every 100 ms: a cancel that reached the server before the wait
+			// itself did is ignored there.
+			timeout_ms = static_cast<int>(std::min<long long>(left.count(), 100));
+			if (timeout_ms == 100)
+				locks.cancel_waits();
 		}
-		const auto now = Clock::now();
-		if (now >= give_up)
+		pollfd fds[] = {{out->pipe[0], POLLIN, 0}, {sfd, POLLIN, 0}, {front.fd, POLLIN, 0}};
+		(void) poll(fds, interrupted != 0 ? 2 : 3, timeout_ms);
+		if (fds[0].revents != 0)
+			break;
+		int sig = 0;
+		if (fds[1].revents & POLLIN)
 		{
-			if (!o.quiet)
-				complain("%s", contention_message(locks, o));
-			exit_status = o.conflict_exit;
-			return std::nullopt;
-		}
-		// Sleep a random time in [backoff/2, backoff], never past the end of the wait.
-		std::uniform_int_distribution<long long> jitter(backoff.count() / 2, backoff.count());
-		const auto wake = std::min<Clock::time_point>(now + milliseconds(jitter(rng)), give_up);
-		while (Clock::now() < wake)
-		{
-			wait_until(fds, tfd, wake);
 			auto sigs = drain_signals(sfd, front.pid);
 			if (!sigs.forwarded.empty())
-			{
-				exit_status = 128 + sigs.forwarded.back();
-				return std::nullopt;
-			}
-			if (!sigs.stops.empty())
+				sig = sigs.forwarded.back();
+			if (!sigs.stops.empty() && interrupted == 0)
 				stop_self(front); // no command yet: just stop (the front follows)
-			if (fds[1].revents != 0)
+		}
+		if (interrupted == 0 && fds[2].revents != 0)
+			sig = SIGKILL; // the front process was killed
+		if (sig != 0)
+		{
+			locks.cancel_waits(); // async-signal-safe; cheap to repeat
+			if (interrupted == 0)
 			{
-				exit_status = 128 + SIGKILL; // the front process was killed
-				return std::nullopt;
+				interrupted = 128 + sig;
+				give_up = std::chrono::steady_clock::now() + kExitWait;
 			}
 		}
-		backoff = std::min(backoff * 2, milliseconds(1500));
 	}
+	worker.join();
+	auto result = std::move(*out->result);
+	if (interrupted != 0)
+	{
+		if (result && result->has_value())
+			(void) locks.release(**result); // granted as the cancel went out
+		exit_status = interrupted;
+		return std::nullopt;
+	}
+	return result;
+}
+
+/* Takes the lease: one try_lock (--wait 0) or a server-side wait (acquire_waiting).
+ * Returns the handle, or sets exit_status. before = time just before the granting
+ * request (after a wait: before the renew that settles the lease's start). A forwarded
+ * signal in the wait ends it with 128+signal. */
+std::optional<lockext::LockHandle>
+acquire(lockext::PgLockingPlugin &locks, const Options &o, int sfd, const Front &front,
+		Clock::time_point &before, int &exit_status)
+{
+	before = Clock::now();
+	std::optional<lockext::Outcome<std::optional<lockext::LockHandle>>> r;
+	if (o.wait.count() == 0)
+		r = locks.try_lock_outcome(o.key, static_cast<std::uint64_t>(o.ttl.count()));
+	else if (o.verbose)
+		diag::printf("%s: waiting up to %lld ms for '%s'", g_prog,
+					 static_cast<long long>(o.wait.count()), o.key.c_str());
+	if (o.wait.count() != 0 && !(r = acquire_waiting(locks, o, sfd, front, exit_status)))
+		return std::nullopt;
+	const auto &outcome = *r;
+	if (!outcome)
+	{
+		report_failure(outcome.error());
+		exit_status = exit_status_for(outcome.error());
+		return std::nullopt;
+	}
+	if (!outcome->has_value())
+	{
+		if (!o.quiet)
+			complain("%s", contention_message(locks, o));
+		exit_status = o.conflict_exit;
+		return std::nullopt;
+	}
+	const lockext::LockHandle handle = **outcome;
+	if (auto sigs = drain_signals(sfd, front.pid); !sigs.forwarded.empty())
+	{
+		(void) locks.release(handle);
+		exit_status = 128 + sigs.forwarded.back();
+		return std::nullopt;
+	}
+	if (!settle_waited_grant(locks, o, handle, before, exit_status))
+		return std::nullopt;
+	return handle;
 }
 
 struct Ending
@@ -556,10 +672,6 @@ plugin_options(const Options &o)
 	return popts;
 }
 
-/* How long the exit path waits for the keeper to stop and the release to be answered.
- * The command is dead by then; a stalled server (a renew to wait for, then a connect)
- * must not keep lockext-run from exiting: the lease then expires on the server. */
-constexpr milliseconds kExitWait{2000};
 
 /* keeper.release() (or, with release false, keeper.stop()) on a thread of its own,
  * waited for at most kExitWait, and less if a forwarded signal (SIGTERM, SIGINT, ...)
@@ -665,7 +777,7 @@ run(const Options &o, const EntrySignals &entry, const Front &front)
 
 	int exit_status = 0;
 	Clock::time_point before;
-	auto handle = acquire(locks, o, sfd, tfd, front, before, exit_status);
+	auto handle = acquire(locks, o, sfd, front, before, exit_status);
 	if (!handle)
 		return exit_status;
 	if (o.verbose)

@@ -6,6 +6,11 @@
  *     malformed lock_id is BadInput (as on the server), lock_ids are random UUIDv4 from
  *     getrandom(2), fences strictly increase for the life of the object.
  *
+ * try_lock_for waits on a condition variable, first come first served per key (only
+ * the head waiter may take a key; a try_lock of a free key with waiters queued is
+ * contention), woken by release(), cleanup() and the holder's expiry (a timed wait to
+ * the holder's deadline). The object must outlive every call in progress.
+ *
  * Thread safety: every method may be called from any number of threads at once.
  */
 #ifndef LOCKEXT_MEMORY_LOCKING_PLUGIN_HPP
@@ -45,12 +50,18 @@ class LOCKEXT_CLIENT_API MemoryLockingPlugin final : public LockingPlugin
 	[[nodiscard]] Result<void> renew(const LockHandle &handle) override;
 	[[nodiscard]] Result<void> release(LockHandle handle) override;
 	[[nodiscard]] Result<void> cleanup() override;
+	[[nodiscard]] Result<std::optional<LockHandle>>
+	try_lock_for(std::string_view key, std::uint64_t ttl_ms,
+				 std::chrono::milliseconds wait) override;
 
 	/* The same calls, with the failure classified (lockext/errors.hpp). */
 	[[nodiscard]] Outcome<std::optional<LockHandle>>
 	try_lock_outcome(std::string_view key, std::uint64_t ttl_ms) override;
 	[[nodiscard]] Outcome<void> renew_outcome(const LockHandle &handle) override;
 	[[nodiscard]] Outcome<void> release_outcome(LockHandle handle) override;
+	[[nodiscard]] Outcome<std::optional<LockHandle>>
+	try_lock_for_outcome(std::string_view key, std::uint64_t ttl_ms,
+						 std::chrono::milliseconds wait) override;
 
   private:
 	struct State;

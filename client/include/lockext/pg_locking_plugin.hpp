@@ -129,6 +129,31 @@ class LOCKEXT_CLIENT_API PgLockingPlugin final : public LockingPlugin
 	[[nodiscard]] Outcome<void> renew_outcome(const LockHandle &handle) override;
 	[[nodiscard]] Outcome<void> release_outcome(LockHandle handle) override;
 
+	/* try_lock waiting up to `wait` on the server (lockext 1.1, client/README.md
+	 * "Waiting"): SELECT try_lock(key, ttl_ms, wait_ms), FIFO per key with direct
+	 * hand-off, on a dedicated pooled connection (never the shared pipeline). A wait
+	 * longer than the server's lockext.max_wait_ms is chained (successive bounded waits;
+	 * each boundary re-joins the queue at the tail). Its deadlines (statement_timeout,
+	 * call_timeout) are extended by the wait. Against a lockext 1.0 database (no such
+	 * function, 42883) it polls try_lock with jittered exponential backoff (logged once
+	 * through on_log). Cancelled by cancel_waits(). */
+	[[nodiscard]] Result<std::optional<LockHandle>>
+	try_lock_for(std::string_view key, std::uint64_t ttl_ms,
+				 std::chrono::milliseconds wait) override;
+	[[nodiscard]] Outcome<std::optional<LockHandle>>
+	try_lock_for_outcome(std::string_view key, std::uint64_t ttl_ms,
+						 std::chrono::milliseconds wait) override;
+
+	/* Ends every try_lock_for of this plugin in progress at once (server-side waits by
+	 * PQcancel of their connections, polling ones at their next check, within 20 ms):
+	 * they return FailureKind::Timeout, SQLSTATE 57014, "try_lock_for failed: the wait
+	 * was cancelled (cancel_waits)", and leave no waiter and no lease on the server (a
+	 * lease granted as the cancel went out is released before the call returns). Waits
+	 * that begin after it returns are not affected. Safe from any thread and from a
+	 * signal handler (atomics and PQcancel only, on PGcancel objects prepared before
+	 * each wait was sent). */
+	void cancel_waits() noexcept;
+
 	/* The server's grace period (lockext_grace()): after a restart or failover the server
 	 * refuses grants for a while; use it after a refusal to tell "grace period after
 	 * <reason>, N ms left" from "held by someone else". */
