@@ -310,6 +310,23 @@ ReportGrantFailure(LockextGrantStatus status, const LockextGrantResult *result)
 }
 
 /*
+ * Everything a grant of request->ttl_ms needs that can fail, done before it:
+ * the TTL ceiling made durable, a random lock_id, the requester, and the
+ * handle tuple (HandleStart).  Nothing can fail after the grant.
+ */
+static HeapTuple
+PrepareGrant(FunctionCallInfo fcinfo, text *key, LockextGrantRequest *request)
+{
+	RecordTtlCeiling(request->ttl_ms);
+	if (!NextRandomLockId(&request->lock_id))
+		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+						errmsg("could not generate a random lock_id")));
+	request->wall_now = GetCurrentTimestamp();
+	FillRequester(request);
+	return HandleStart(HandleTupleDesc(fcinfo), key, request);
+}
+
+/*
  * try_lock(key text, ttl_ms bigint) RETURNS lock_handle
  *		The handle if granted, NULL on contention (including the grace period
  *		after a crash or promotion).  53400 when no slot is free.
@@ -332,15 +349,7 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 	/* a refusal costs one probe: no lock_id, no handle, no lock taken EXCLUSIVE */
 	if (LockTableRefuseIfHeld(&probe))
 		PG_RETURN_NULL();
-	RecordTtlCeiling(request.ttl_ms);
-
-	if (!NextRandomLockId(&request.lock_id))
-		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
-						errmsg("could not generate a random lock_id")));
-	request.wall_now = GetCurrentTimestamp();
-	FillRequester(&request);
-	/* everything that can fail happens before the grant */
-	handle = HandleStart(HandleTupleDesc(fcinfo), key, &request);
+	handle = PrepareGrant(fcinfo, key, &request);
 
 	status = LockTableGrant(&probe, &request, &result);
 	if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
@@ -385,24 +394,6 @@ LeaveWaitAtExit(int code, Datum arg)
 	(void) arg;
 	if (waiting_slot != NULL)
 		(void) LeaveWait(waiting_slot, false, false, &result);
-}
-
-/* Raises 22004/22023 unless wait_ms is in 0..lockext.max_wait_ms. */
-static int64
-CheckWait(Datum wait, bool isnull)
-{
-	int64		wait_ms;
-
-	if (isnull)
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						errmsg("wait_ms must not be null")));
-	wait_ms = DatumGetInt64(wait);
-	if (wait_ms < 0 || wait_ms > lockext_max_wait_ms)
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("wait_ms must be between 0 and %d", lockext_max_wait_ms),
-						errdetail("The requested wait is " INT64_FORMAT " ms.", wait_ms),
-						errhint("The maximum is set by lockext.max_wait_ms.")));
-	return wait_ms;
 }
 
 /*
@@ -462,7 +453,7 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_wait)
 	GraceOnRecoveryFinished();
 	key = LockextProbeFromKeyDatum(&probe, PG_GETARG_DATUM(0), PG_ARGISNULL(0));
 	request.ttl_ms = LockextCheckTtl(PG_GETARG_DATUM(1), PG_ARGISNULL(1));
-	wait_ms = CheckWait(PG_GETARG_DATUM(2), PG_ARGISNULL(2));
+	wait_ms = LockextCheckWait(PG_GETARG_DATUM(2), PG_ARGISNULL(2));
 	if (FenceIsLost())
 		ReportGrantFailure(LOCKEXT_FENCE_LOST, &result);
 	if (wait_ms > 0)
@@ -477,13 +468,7 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_wait)
 			wait_exit_callback_registered = true;
 		}
 	}
-	RecordTtlCeiling(request.ttl_ms);
-	if (!NextRandomLockId(&request.lock_id))
-		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
-						errmsg("could not generate a random lock_id")));
-	request.wall_now = GetCurrentTimestamp();
-	FillRequester(&request);
-	handle = HandleStart(HandleTupleDesc(fcinfo), key, &request);
+	handle = PrepareGrant(fcinfo, key, &request);
 
 	deadline_ns = LockextNowNanos() + wait_ms * INT64CONST(1000000);
 	status = LockTableGrantOrQueue(&probe, &request, &result, slot);

@@ -86,6 +86,23 @@ LockextCheckTtl(Datum ttl, bool isnull)
 	return ttl_ms;
 }
 
+int64
+LockextCheckWait(Datum wait, bool isnull)
+{
+	int64		wait_ms;
+
+	if (isnull)
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("wait_ms must not be null")));
+	wait_ms = DatumGetInt64(wait);
+	if (wait_ms < 0 || wait_ms > lockext_max_wait_ms)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("wait_ms must be between 0 and %d", lockext_max_wait_ms),
+						errdetail("The requested wait is " INT64_FORMAT " ms.", wait_ms),
+						errhint("The maximum is set by lockext.max_wait_ms.")));
+	return wait_ms;
+}
+
 const pg_uuid_t *
 LockextCheckLockId(Datum lock_id, bool isnull)
 {

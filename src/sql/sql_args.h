@@ -26,6 +26,8 @@ extern void LockextCheckWritable(const char *fname);
  */
 extern text *LockextProbeFromKeyDatum(LockextProbeKey *probe, Datum key, bool isnull);
 extern int64 LockextCheckTtl(Datum ttl, bool isnull);
+/* 22004/22023 unless wait_ms is in 0..lockext.max_wait_ms */
+extern int64 LockextCheckWait(Datum wait, bool isnull);
 extern const pg_uuid_t *LockextCheckLockId(Datum lock_id, bool isnull);
 extern HeapTupleHeader LockextCheckHandle(FunctionCallInfo fcinfo, int argno);
 /* Raises 42501 unless the caller is a superuser (fname names the function). */
