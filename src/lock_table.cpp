@@ -366,17 +366,6 @@ FenceFailure(LockextFenceStatus status, LockextGrantResult *result)
 }
 
 /*
- * Hands probe's key to its head waiter, if it has one and the key is free:
- * entry is the key's entry (expired, or the lease just released or
- * evicted, which the waiter's lease overwrites in place) or NULL (no
- * entry: one is inserted).  The waiter's own request fills the lease, then
- * its latch is set; it wakes up holding it.  A hand-off that fails (no
- * slot, no fence) fails that waiter, who reports it.  During a grace period
- * nobody is served: the head waiter sleeps until the grace ends.  True if
- * the head waiter now holds the key.  Caller holds the partition lock
- * EXCLUSIVE.
- */
-/*
  * Wakes the key's head waiter, if any: whenever the head changes, the new
  * one must look again (only the head sleeps to the holder's expiry).
  */
@@ -389,6 +378,17 @@ WakeHead(const LockextProbeKey *probe)
 		WaitQueueWake(head);
 }
 
+/*
+ * Hands probe's key to its head waiter, if it has one and the key is free:
+ * entry is the key's entry (expired, or the lease just released or
+ * evicted, which the waiter's lease overwrites in place) or NULL (no
+ * entry: one is inserted).  The waiter's own request fills the lease, then
+ * its latch is set; it wakes up holding it.  A hand-off that fails (no
+ * slot, no fence) fails that waiter, who reports it.  During a grace period
+ * nobody is served: the head waiter sleeps until the grace ends.  True if
+ * the head waiter now holds the key.  Caller holds the partition lock
+ * EXCLUSIVE.
+ */
 static bool
 ServeHeadWaiter(const LockextProbeKey *probe, void *entry, int64 now_ns)
 {
@@ -441,6 +441,24 @@ fail:
 }
 
 /*
+ * A free key with waiters (entry expired, or NULL) goes to its head
+ * waiter; an expired entry nobody takes is reclaimed.  Either way an
+ * expired entry is counted once.  Caller holds the partition lock
+ * EXCLUSIVE.
+ */
+static void
+ServeFreeKey(const LockextProbeKey *probe, void *entry, int64 now_ns)
+{
+	if (entry == NULL)
+	{
+		(void) ServeHeadWaiter(probe, NULL, now_ns);
+		return;
+	}
+	Bump(&CountersOf(probe)->v[C_EXPIRED]);
+	RemoveOrHandOff(probe, LeaseOf(entry), now_ns);
+}
+
+/*
  * One attempt at granting under the partition lock.  *may_sweep is set when
  * the table was full but some lease may have expired since the last sweep.
  */
@@ -469,13 +487,7 @@ GrantOnce(const LockextProbeKey *probe, const LockextGrantRequest *request,
 			if (WaitQueueHasWaiters(LockTablePartitionOf(probe)) && WaitQueueHead(probe) != NULL)
 			{
 				/* first come, first served: a free key with waiters goes to the oldest */
-				if (entry != NULL)
-					Bump(&counters->v[C_EXPIRED]);
-				if (!ServeHeadWaiter(probe, entry, now_ns) && entry != NULL)
-				{
-					RemoveEntry(probe); /* an expired lease nobody was handed */
-					entry = NULL;
-				}
+				ServeFreeKey(probe, entry, now_ns);
 				status = GraceRefusing(now_ns) ? LOCKEXT_GRACE : LOCKEXT_CONTENDED;
 				break;
 			}
@@ -815,10 +827,7 @@ LockTableWaitStep(const LockextProbeKey *probe, LockextWaitSlot *slot, LockextGr
 
 		if (entry == NULL || !core::IsLive(LeaseOf(entry)->expires_ns, now_ns))
 		{
-			if (entry != NULL)
-				Bump(&CountersOf(probe)->v[C_EXPIRED]);
-			if (!ServeHeadWaiter(probe, entry, now_ns) && entry != NULL)
-				RemoveEntry(probe);
+			ServeFreeKey(probe, entry, now_ns);
 			if (slot->state == LOCKEXT_WAIT_QUEUED)
 				*sleep_until_ns = GraceRefusalEndsNanos();
 		}
@@ -865,19 +874,14 @@ LockTableWaitLeave(const LockextProbeKey *probe, LockextWaitSlot *slot, bool kee
 	now_ns = LockextNowNanos();
 	if (slot->state == LOCKEXT_WAIT_QUEUED)
 	{
-		LockextWaitSlot *next;
 		void	   *entry;
 
 		WaitQueueRemove(slot);
 		slot->state = LOCKEXT_WAIT_IDLE;
 		entry = FindEntry(probe);
 		if (entry == NULL || !core::IsLive(LeaseOf(entry)->expires_ns, now_ns))
-		{
-			if (!ServeHeadWaiter(probe, entry, now_ns) && (next = WaitQueueHead(probe)) != NULL)
-				WaitQueueWake(next);
-		}
-		else if ((next = WaitQueueHead(probe)) != NULL)
-			WaitQueueWake(next);
+			ServeFreeKey(probe, entry, now_ns);
+		WakeHead(probe);		/* the new head, if any, re-arms its sleep */
 	}
 	else if (slot->state == LOCKEXT_WAIT_GRANTED && keep_grant)
 	{
