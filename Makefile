@@ -4,7 +4,7 @@ MODULE_big = lockext
 # start-up orchestration, then the modules (each header beside its source),
 # then what PostgreSQL calls by name
 OBJS       = src/lockext.o src/gucs.o src/shmem.o src/clock.o src/durable.o src/fence.o \
-             src/grace.o src/lock_table.o src/wait_queue.o src/persist.o src/worker.o \
+             src/grace.o src/lock_table.o src/wait_queue.o src/persist.o src/replication.o src/worker.o \
              src/sql/sql_args.o src/sql/sql_api.o src/sql/handle_scan.o src/sql/admin_views.o \
              src/sql/test_hooks.o
 # 1.0 is released and stays as it is; 1.1 adds objects (lockext--1.0--1.1.sql)

@@ -55,14 +55,16 @@ CREATE FUNCTION lockext_stats_internal_1_1(
     OUT acquired bigint, OUT contended bigint, OUT renewed bigint, OUT renew_failed bigint,
     OUT released bigint, OUT release_noop bigint, OUT expired bigint, OUT table_full bigint,
     OUT leases bigint, OUT max_locks integer, OUT high_water bigint,
-    OUT stats_reset timestamptz, OUT waiters bigint, OUT waits bigint, OUT wait_timeouts bigint)
+    OUT stats_reset timestamptz, OUT waiters bigint, OUT waits bigint, OUT wait_timeouts bigint,
+    OUT wal_records bigint, OUT sync_failed bigint, OUT replayed bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'lockext_stats_internal'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 
 CREATE OR REPLACE VIEW lockext_stats AS
     SELECT acquired, contended, renewed, renew_failed, released, release_noop, expired,
-           table_full, leases, max_locks, high_water, stats_reset, waiters, waits, wait_timeouts
+           table_full, leases, max_locks, high_water, stats_reset, waiters, waits, wait_timeouts,
+           wal_records, sync_failed, replayed
     FROM lockext_stats_internal_1_1();
 
 DROP FUNCTION lockext_stats_internal();
@@ -79,3 +81,16 @@ CREATE FUNCTION try_lock_all(keys text[], ttl_ms bigint)
 RETURNS SETOF lock_handle
 AS 'MODULE_PATHNAME', 'lockext_try_lock_all'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE ROWS 4;
+
+-- Lease replication (1.1): the mode in force (on a standby: the one its
+-- primary logged last), whether this server's lease table is complete (a
+-- standby: it replayed a whole snapshot; a promotion with an incomplete
+-- table applies the full grace period), and what grace a promotion would
+-- apply now.
+CREATE FUNCTION lockext_replication(
+    OUT mode text, OUT table_complete boolean, OUT promotion_grace_ms bigint,
+    OUT wal_records bigint, OUT sync_failed bigint, OUT replayed bigint,
+    OUT snapshots bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'lockext_replication_status'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;

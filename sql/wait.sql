@@ -14,9 +14,9 @@ SELECT p.oid::regprocedure AS function, p.provolatile, p.proisstrict, p.proretse
 SELECT attnum, attname, atttypid::regtype FROM pg_attribute
  WHERE attrelid = 'lockext_stats'::regclass AND attname IN ('waiters', 'waits', 'wait_timeouts')
  ORDER BY attnum;
-SELECT max(attnum) = (SELECT attnum FROM pg_attribute WHERE attrelid = 'lockext_stats'::regclass AND attname = 'wait_timeouts')
-       AS wait_columns_last
-  FROM pg_attribute WHERE attrelid = 'lockext_stats'::regclass AND attnum > 0 AND NOT attisdropped;
+SELECT (SELECT attnum FROM pg_attribute WHERE attrelid = 'lockext_stats'::regclass AND attname = 'wait_timeouts')
+       = attnum + 3 AS wait_columns_after_1_0
+  FROM pg_attribute WHERE attrelid = 'lockext_stats'::regclass AND attname = 'stats_reset';
 SELECT attname, atttypid::regtype,
        attnum = (SELECT max(attnum) FROM pg_attribute WHERE attrelid = 'lockext_leases'::regclass AND attnum > 0) AS last
   FROM pg_attribute WHERE attrelid = 'lockext_leases'::regclass AND attname = 'waiters';

@@ -19,6 +19,7 @@ extern "C"
 #include "durable.h"
 #include "grace.h"
 #include "gucs.h"
+#include "replication.h"
 }
 
 namespace core = lockext::core;
@@ -27,12 +28,16 @@ typedef struct GraceShared
 {
 	pg_atomic_uint64 until_ns;	/* lease clock: grants are refused before this */
 	pg_atomic_uint32 pending;	/* promotion grace not armed yet: refuse everything */
+	pg_atomic_uint32 settle;	/* crash grace in force until redo's outcome is known */
 	pg_atomic_uint64 refused;	/* grants refused during grace periods */
 	slock_t		mutex;			/* protects the fields below */
 	int			reason;			/* LockextGraceReason of the last grace period */
 	int64		length_ms;
 	bool		arming;			/* a process is arming the promotion grace */
 	int64		promotion_ceiling_ms;	/* TTL ceiling known when recovery began */
+	int			settle_reason;	/* the crash grace that redo may shorten */
+	int64		settle_floor_ns;	/* a grace continued from before: redo never shortens it */
+	int64		settle_ceiling_ms;
 } GraceShared;
 
 static GraceShared *grace = NULL;
@@ -53,12 +58,16 @@ GraceShmemInit(void)
 	{
 		pg_atomic_init_u64(&grace->until_ns, 0);
 		pg_atomic_init_u32(&grace->pending, 0);
+		pg_atomic_init_u32(&grace->settle, 0);
 		pg_atomic_init_u64(&grace->refused, 0);
 		SpinLockInit(&grace->mutex);
 		grace->reason = LOCKEXT_GRACE_NONE;
 		grace->length_ms = 0;
 		grace->arming = false;
 		grace->promotion_ceiling_ms = 0;
+		grace->settle_reason = LOCKEXT_GRACE_NONE;
+		grace->settle_floor_ns = 0;
+		grace->settle_ceiling_ms = 0;
 	}
 }
 
@@ -141,15 +150,103 @@ LengthMillis(int64 ttl_ceiling_ms)
 	return core::GraceLengthMillis(lockext_recovery_grace_ms, lockext_max_ttl_ms, ttl_ceiling_ms);
 }
 
+static void
+StartLength(LockextGraceReason reason, int64 length_ms)
+{
+	if (length_ms <= 0)
+		return;
+	Publish(reason, length_ms, core::ExpiryNanos(LockextNowNanos(), length_ms));
+}
+
 /* Starts a grace period of the configured length from now (or extends the one in force). */
 void
 GraceStart(LockextGraceReason reason, int64 ttl_ceiling_ms)
 {
-	int64		length_ms = LengthMillis(ttl_ceiling_ms);
+	StartLength(reason, LengthMillis(ttl_ceiling_ms));
+}
 
-	if (length_ms <= 0)
+/*
+ * Startup after a crash or an unclean shutdown: the full grace starts now,
+ * and once recovery is over GraceOnRecoveryFinished() shortens it if redo
+ * restored every lease (replication.h), never below a grace continued
+ * from an earlier run.
+ */
+void
+GraceStartAfterCrash(LockextGraceReason reason, int64 ttl_ceiling_ms)
+{
+	int64		floor_ns = (int64) pg_atomic_read_u64(&grace->until_ns);
+
+	GraceStart(reason, ttl_ceiling_ms);
+	if ((int64) pg_atomic_read_u64(&grace->until_ns) <= floor_ns)
 		return;
-	Publish(reason, length_ms, core::ExpiryNanos(LockextNowNanos(), length_ms));
+	SpinLockAcquire(&grace->mutex);
+	grace->settle_reason = reason;
+	grace->settle_floor_ns = floor_ns;
+	grace->settle_ceiling_ms = ttl_ceiling_ms;
+	SpinLockRelease(&grace->mutex);
+	pg_atomic_write_u32(&grace->settle, 1);
+}
+
+/*
+ * Redo restored every lease: the crash grace ends at until_ns instead
+ * (durably first, as Publish).  The only place a grace is shortened.
+ */
+static void
+Shorten(int reason, int64 until_ns)
+{
+	int64		now_ns = LockextNowNanos();
+	int64		length_ms = Max((until_ns - now_ns) / core::kNanosPerMilli, (int64) 0);
+	bool		ends = until_ns <= now_ns;
+
+	if (!DurableSetGrace(ends ? LOCKEXT_GRACE_NONE : reason, ends ? 0 : length_ms,
+						 ends ? 0 : LockextLeaseToBootNanos(until_ns)))
+	{
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("lockext could not record the grace period in \"%s\": %m", DurableFailedPath()),
+				 errdetail("The full grace period after the crash applies.")));
+		return;
+	}
+	if (!ends)
+	{
+		SpinLockAcquire(&grace->mutex);
+		grace->length_ms = length_ms;
+		SpinLockRelease(&grace->mutex);
+	}
+	pg_atomic_write_u64(&grace->until_ns, ends ? 0 : (uint64) until_ns);
+	ereport(LOG,
+			(errmsg(ends ? "lockext: every lease was restored from WAL; no grace period after the %s"
+					: "lockext: every lease was restored from WAL; the grace period after the %s ends in %lld ms",
+					GraceReasonText(reason), (long long) length_ms),
+			 errdetail("lockext.replication was sync for longer than the longest TTL, or the grace covers the leases granted before.")));
+}
+
+/* After crash recovery: shorten the crash grace if redo restored every lease. */
+static void
+Settle(void)
+{
+	int			reason;
+	int64		floor_ns;
+	int64		ceiling_ms;
+	int64		until_ns;
+	const char *why_not = NULL;
+
+	SpinLockAcquire(&grace->mutex);
+	reason = grace->settle_reason;
+	floor_ns = grace->settle_floor_ns;
+	ceiling_ms = grace->settle_ceiling_ms;
+	SpinLockRelease(&grace->mutex);
+
+	ReplicationOnRecoveryFinished();
+	if (ReplicationRedoRestoredEveryLease(ceiling_ms, &until_ns, &why_not))
+	{
+		until_ns = Max(until_ns, floor_ns);
+		if (until_ns < (int64) pg_atomic_read_u64(&grace->until_ns))
+			Shorten(reason, until_ns);
+	}
+	else if (why_not != NULL)
+		ereport(LOG, (errmsg("lockext: the grace period after the %s applies in full: %s",
+							 GraceReasonText(reason), why_not)));
 }
 
 /* Startup of a server in recovery: from the end of recovery, refuse until armed. */
@@ -163,19 +260,76 @@ GraceArmPromotion(int64 ttl_ceiling_ms)
 }
 
 /*
- * Arms the promotion grace once recovery has ended: the grace starts now.
- * Called by lockext's worker, which the postmaster starts as soon as
- * recovery has finished, and by any lease call that still finds it pending.
+ * The promotion grace: lockext.promotion_grace_ms if the replayed table is
+ * complete and it is set, the full grace otherwise.  It covers the TTLs of
+ * replayed leases too.
+ */
+int64
+GracePromotionLengthMillis(bool table_complete)
+{
+	int64		ceiling;
+
+	if (lockext_promotion_grace_ms >= 0 && table_complete)
+		return lockext_promotion_grace_ms;
+	SpinLockAcquire(&grace->mutex);
+	ceiling = grace->promotion_ceiling_ms;
+	SpinLockRelease(&grace->mutex);
+	return LengthMillis(Max(ceiling, ReplicationReplayedCeilingMs()));
+}
+
+static void
+ArmPromotion(int64 ceiling)
+{
+	int64		length_ms;
+
+	ceiling = Max(ceiling, ReplicationReplayedCeilingMs());
+	ReplicationOnRecoveryFinished();
+	length_ms = LengthMillis(ceiling);
+	if (lockext_promotion_grace_ms >= 0)
+	{
+		if (ReplicationTableComplete())
+			length_ms = lockext_promotion_grace_ms;
+		else
+			ereport(LOG,
+					(errmsg("lockext: the promotion applies the full grace period of %lld ms, not lockext.promotion_grace_ms",
+							(long long) length_ms),
+					 errdetail("This server had not replayed a complete snapshot of the lease table.")));
+	}
+	StartLength(LOCKEXT_GRACE_PROMOTION, length_ms);
+	if (length_ms <= 0)
+	{
+		int			reason;
+		int64		length;
+		int64		until_boot_ns;
+
+		/* no grace: the record still says that the promotion owes none now */
+		GraceRecordFields(&reason, &length, &until_boot_ns);
+		if (!DurableSetGrace(reason, length, until_boot_ns))
+			ereport(WARNING,
+					(errcode_for_file_access(),
+					 errmsg("lockext could not record the end of the promotion in \"%s\": %m", DurableFailedPath()),
+					 errdetail("A restart before the next successful write applies the full promotion grace period.")));
+		ereport(LOG, (errmsg("lockext: promoted with every replicated lease kept and no grace period")));
+	}
+}
+
+/*
+ * Arms the promotion grace once recovery has ended (the grace starts now),
+ * or settles the grace after crash recovery.  Called by lockext's worker,
+ * which the postmaster starts as soon as recovery has finished, and by any
+ * lease call that still finds either pending.
  */
 void
 GraceOnRecoveryFinished(void)
 {
 	int64		ceiling;
+	bool		promotion;
 
-	if (likely(pg_atomic_read_u32(&grace->pending) == 0))
+	if (likely(pg_atomic_read_u32(&grace->pending) == 0 && pg_atomic_read_u32(&grace->settle) == 0))
 		return;
 	SpinLockAcquire(&grace->mutex);
-	if (grace->arming || pg_atomic_read_u32(&grace->pending) == 0)
+	promotion = pg_atomic_read_u32(&grace->pending) != 0;
+	if (grace->arming || (!promotion && pg_atomic_read_u32(&grace->settle) == 0))
 	{
 		SpinLockRelease(&grace->mutex);
 		return;
@@ -184,11 +338,15 @@ GraceOnRecoveryFinished(void)
 	ceiling = grace->promotion_ceiling_ms;
 	SpinLockRelease(&grace->mutex);
 
-	GraceStart(LOCKEXT_GRACE_PROMOTION, ceiling);
+	if (promotion)
+		ArmPromotion(ceiling);
+	else
+		Settle();
 
 	/* the deadline is published; only now may grants see pending == 0 */
 	pg_write_barrier();
 	pg_atomic_write_u32(&grace->pending, 0);
+	pg_atomic_write_u32(&grace->settle, 0);
 	SpinLockAcquire(&grace->mutex);
 	grace->arming = false;
 	SpinLockRelease(&grace->mutex);
@@ -236,6 +394,7 @@ GraceEnd(void)
 	pg_atomic_write_u64(&grace->until_ns, 0);
 	pg_write_barrier();
 	pg_atomic_write_u32(&grace->pending, 0);
+	pg_atomic_write_u32(&grace->settle, 0);
 	if (!DurableSetGrace(LOCKEXT_GRACE_NONE, 0, 0))
 		ereport(WARNING,
 				(errcode_for_file_access(),

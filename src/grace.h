@@ -21,20 +21,30 @@
  *	  recovery has finished, arms it; a backend that finds it still pending
  *	  after recovery arms it itself.  The deadline is published before the
  *	  pending flag is cleared, so no grant slips in between.
- *	- Only its deadline or lockext_grace_end() ends a grace.
+ *	- Promotion grace: lockext.promotion_grace_ms (if set) when the
+ *	  replayed lease table is complete, the full length otherwise.
+ *	- After a crash restart or an unclean shutdown the full grace starts at
+ *	  once; when recovery is over it is shortened if redo restored every
+ *	  lease (a complete snapshot replayed, lockext.replication = sync for
+ *	  longer than the TTL ceiling), never below a grace continued from an
+ *	  earlier run.  That is the only way a grace gets shorter.
+ *	- Otherwise only its deadline or lockext_grace_end() ends a grace.
  *
  * Interface:
  *	GraceShmemSize(), GraceShmemInit()
  *	GraceRecover(record)		continue a grace found in the durable record (startup)
  *	GraceStart(reason, ceiling)	start (or extend) a grace of the default length
+ *	GraceStartAfterCrash()		the same, which redo may shorten (replication.h)
  *	GraceArmPromotion(ceiling)	the server starts in recovery (startup)
- *	GraceOnRecoveryFinished()	arm a pending promotion grace (worker, backends)
+ *	GraceOnRecoveryFinished()	arm a pending promotion grace, or settle the
+ *								crash grace after redo (worker, backends)
  *	GraceRefusing(now_ns)		the grant path's check; no lock, no I/O
  *	GraceRefusalEndsNanos()		until when (lease clock) a waiter sleeps through a grace
  *	GraceNoteRefusal()			count a refused grant
  *	GraceEnd()					lockext_grace_end()
  *	GraceGetStatus()			lockext_grace()
  *	GraceReasonText()
+ *	GracePromotionLengthMillis()	the grace a promotion would apply now
  *
  * Locking protocol: the deadline, the pending flag and the refusal count
  * are pg_atomic; the reason and length are protected by the spinlock.
@@ -73,6 +83,7 @@ extern Size GraceShmemSize(void);
 extern void GraceShmemInit(void);
 extern void GraceRecover(const LockextDurableRecord *record);
 extern void GraceStart(LockextGraceReason reason, int64 ttl_ceiling_ms);
+extern void GraceStartAfterCrash(LockextGraceReason reason, int64 ttl_ceiling_ms);
 extern void GraceArmPromotion(int64 ttl_ceiling_ms);
 extern void GraceOnRecoveryFinished(void);
 extern bool GraceRefusing(int64 now_ns);
@@ -82,5 +93,6 @@ extern bool GraceEnd(void);
 extern void GraceGetStatus(LockextGraceStatus *status, bool in_recovery);
 extern void GraceRecordFields(int *reason, int64 *length_ms, int64 *until_boot_ns);
 extern const char *GraceReasonText(int reason);
+extern int64 GracePromotionLengthMillis(bool table_complete);
 
 #endif							/* LOCKEXT_GRACE_H */

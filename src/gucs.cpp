@@ -15,6 +15,7 @@ extern "C"
 #include "utils/guc.h"
 
 #include "gucs.h"
+#include "replication.h"
 }
 
 int			lockext_max_locks = 10000;
@@ -26,6 +27,15 @@ bool		lockext_enable_test_hooks = false;
 int			lockext_max_wait_ms = 60000;
 int			lockext_max_waiters = 100;
 bool		lockext_handle_scan = true;
+int			lockext_replication = LOCKEXT_REPLICATION_OFF;
+int			lockext_promotion_grace_ms = -1;
+
+static const struct config_enum_entry replication_options[] = {
+	{"off", LOCKEXT_REPLICATION_OFF, false},
+	{"async", LOCKEXT_REPLICATION_ASYNC, false},
+	{"sync", LOCKEXT_REPLICATION_SYNC, false},
+	{NULL, 0, false}
+};
 
 void
 GucsDefine(void)
@@ -75,6 +85,18 @@ GucsDefine(void)
 							 gettext_noop("Plans SELECT ... FROM try_lock(...) as a lockext handle scan instead of a function scan."),
 							 gettext_noop("Same results, about 10,000 fewer instructions per execution; off only to compare or to work around a planner problem."),
 							 &lockext_handle_scan, true, PGC_USERSET, 0, NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("lockext.replication",
+							 gettext_noop("Writes leases to WAL so that standbys keep them: off, async or sync."),
+							 gettext_noop("sync: try_lock and renew return only once a synchronous standby has flushed their record, whatever synchronous_commit says."),
+							 &lockext_replication, LOCKEXT_REPLICATION_OFF, replication_options,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lockext.promotion_grace_ms",
+							gettext_noop("Time after a promotion during which no new lease is granted."),
+							gettext_noop("-1 uses lockext.recovery_grace_ms.  0 is safe only if only a synchronous standby can be promoted and lockext.replication = sync has been in force for longer than the longest TTL."),
+							&lockext_promotion_grace_ms, -1, -1, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("lockext");
 }

@@ -25,6 +25,8 @@ extern bool lockext_enable_test_hooks;	/* PGC_POSTMASTER */
 extern int	lockext_max_wait_ms;		/* PGC_SIGHUP: bound of try_lock(key, ttl, wait_ms) */
 extern int	lockext_max_waiters;		/* PGC_SIGHUP: backends waiting at once */
 extern bool lockext_handle_scan;		/* PGC_USERSET: plan FROM try_lock() as a handle scan */
+extern int	lockext_replication;		/* PGC_SIGHUP: LockextReplicationMode (replication.h) */
+extern int	lockext_promotion_grace_ms;	/* PGC_SIGHUP; -1 = lockext.recovery_grace_ms */
 
 extern void GucsDefine(void);
 

@@ -38,6 +38,7 @@ extern "C"
 #include "grace.h"
 #include "gucs.h"
 #include "lock_table.h"
+#include "replication.h"
 #include "shmem.h"
 #include "wait_queue.h"
 }
@@ -424,6 +425,8 @@ ServeHeadWaiter(const LockextProbeKey *probe, void *entry, int64 now_ns)
 	head->request.wall_now = GetCurrentTimestamp();
 	FillLease(LeaseOf(entry), &head->request, fence, now_ns);
 	Bump(&CountersOf(probe)->v[C_ACQUIRED]);
+	ReplicationLogLease(XLOG_LOCKEXT_GRANT, probe, LeaseOf(entry), now_ns);
+	head->grant_lsn = ReplicationLastLsn(&head->grant_sync);
 	head->fence = fence;
 	head->granted_at = head->request.wall_now;
 	WaitQueueRemove(head);
@@ -521,6 +524,7 @@ GrantOnce(const LockextProbeKey *probe, const LockextGrantRequest *request,
 	{
 		FillLease(LeaseOf(entry), request, result->fence, now_ns);
 		Bump(&counters->v[C_ACQUIRED]);
+		ReplicationLogLease(XLOG_LOCKEXT_GRANT, probe, LeaseOf(entry), now_ns);
 	}
 	else if ((status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE) && queue_slot != NULL)
 	{
@@ -620,6 +624,90 @@ LockTableRestore(Oid dbid, const char *key, uint32 key_len, const LockextLease *
 }
 
 /*
+ * Replay of a lease record (replication.h), in the startup process: puts
+ * lease on probe's key, replacing what is there.  A snapshot item is older
+ * than the records logged while the snapshot was copied, so it does not
+ * replace a live lease with a higher fence, and for the same lease only
+ * lengthens it.  A key that does not fit (too long for this server's
+ * lockext.max_key_length, or no slot even after a sweep) is LOCKEXT_REPLAY_NO_ROOM.
+ * Never ereports.
+ */
+LockextReplayOutcome
+LockTableReplayLease(const LockextProbeKey *probe, const LockextLease *lease, bool snapshot_item)
+{
+	LWLock	   *lock = PartitionLock(probe);
+	LockextReplayOutcome outcome = LOCKEXT_REPLAY_APPLIED;
+
+	if (probe->len == 0 || probe->len > (uint32) lockext_max_key_length)
+		return LOCKEXT_REPLAY_NO_ROOM;
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		void	   *entry;
+		int64		now_ns;
+
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		now_ns = LockextNowNanos();
+		entry = FindEntry(probe);
+		if (entry != NULL)
+		{
+			LockextLease *held = LeaseOf(entry);
+
+			if (snapshot_item && core::IsLive(held->expires_ns, now_ns) && held->fence >= lease->fence)
+			{
+				if (held->fence == lease->fence && lease->expires_ns > held->expires_ns)
+					held->expires_ns = lease->expires_ns;
+				else
+					outcome = LOCKEXT_REPLAY_SKIPPED;
+			}
+			else
+				*held = *lease;
+		}
+		else if (ReserveSlot() && (entry = InsertEntry(probe)) != NULL)
+			*LeaseOf(entry) = *lease;
+		else
+			outcome = LOCKEXT_REPLAY_NO_ROOM;
+		if (outcome != LOCKEXT_REPLAY_SKIPPED && entry != NULL)
+			NoteExpiry(LeaseOf(entry)->expires_ns);
+		LWLockRelease(lock);
+		if (outcome != LOCKEXT_REPLAY_NO_ROOM || attempt > 0 ||
+			(uint64) LockextNowNanos() < pg_atomic_read_u64(&table_state->earliest_expiry_ns))
+			break;
+		/* expired leases may hold the slots: reclaim them and try once more */
+		LockTableSweepExpired();
+		outcome = LOCKEXT_REPLAY_APPLIED;
+	}
+	return outcome;
+}
+
+/* Replay of RELEASE (lock_id given: only that lease) or EVICT (NULL). */
+void
+LockTableReplayRemoval(const LockextProbeKey *probe, const pg_uuid_t *lock_id)
+{
+	LWLock	   *lock = PartitionLock(probe);
+	void	   *entry;
+
+	if (probe->len == 0 || probe->len > (uint32) lockext_max_key_length)
+		return;
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	entry = FindEntry(probe);
+	if (entry != NULL &&
+		(lock_id == NULL || memcmp(LeaseOf(entry)->lock_id.data, lock_id->data, UUID_LEN) == 0))
+		RemoveOrHandOff(probe, LeaseOf(entry), LockextNowNanos());
+	LWLockRelease(lock);
+}
+
+/* Every partition lock EXCLUSIVE once: no change begun before is still running after. */
+void
+LockTableBarrier(void)
+{
+	for (int i = 0; i < LOCKEXT_NUM_PARTITIONS; i++)
+	{
+		LWLockAcquire(LockextLock(LOCKEXT_LOCK_PARTITION0 + i), LW_EXCLUSIVE);
+		LWLockRelease(LockextLock(LOCKEXT_LOCK_PARTITION0 + i));
+	}
+}
+
+/*
  * The check-and-set step shared by renew and release: the lease lock_id
  * holds on probe's key now, or NULL.  An expired entry is reclaimed here
  * (never resurrected) and counted.  Caller holds the partition lock
@@ -671,6 +759,7 @@ LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl
 		lease->renewals++;
 		NoteExpiry(lease->expires_ns);
 		Bump(&counters->v[C_RENEWED]);
+		ReplicationLogLease(XLOG_LOCKEXT_RENEW, probe, lease, now_ns);
 	}
 	else
 		Bump(&counters->v[C_RENEW_FAILED]);
@@ -695,6 +784,8 @@ LockTableRelease(const LockextProbeKey *probe, const pg_uuid_t *lock_id)
 	if (released)
 	{
 		Bump(&counters->v[C_RELEASED]);
+		/* logged before a hand-off's grant, in the order they happen */
+		ReplicationLogRemoval(XLOG_LOCKEXT_RELEASE, probe, lock_id);
 		RemoveOrHandOff(probe, lease, now_ns);
 	}
 	else
@@ -782,6 +873,7 @@ LockTableGrantAll(const LockextProbeKey *probes, const LockextGrantRequest *requ
 				Bump(&CountersOf(&probes[i])->v[C_EXPIRED]);
 			FillLease(LeaseOf(entries[i]), &requests[i], results[i].fence, now_ns);
 			Bump(&CountersOf(&probes[i])->v[C_ACQUIRED]);
+			ReplicationLogLease(XLOG_LOCKEXT_GRANT, &probes[i], LeaseOf(entries[i]), now_ns);
 		}
 	}
 	else
@@ -900,6 +992,7 @@ LockTableWaitLeave(const LockextProbeKey *probe, LockextWaitSlot *slot, bool kee
 		if (lease != NULL)
 		{
 			Bump(&CountersOf(probe)->v[C_RELEASED]);
+			ReplicationLogRemoval(XLOG_LOCKEXT_RELEASE, probe, &slot->request.lock_id);
 			RemoveOrHandOff(probe, lease, now_ns);
 		}
 	}
@@ -925,6 +1018,7 @@ LockTableEvict(const LockextProbeKey *probe)
 		was_live = core::IsLive(LeaseOf(entry)->expires_ns, now_ns);
 		if (!was_live)
 			Bump(&CountersOf(probe)->v[C_EXPIRED]);
+		ReplicationLogRemoval(XLOG_LOCKEXT_EVICT, probe, NULL);
 		RemoveOrHandOff(probe, LeaseOf(entry), now_ns);
 	}
 	LWLockRelease(lock);

@@ -14,6 +14,8 @@
  *	LockTableGrantOrQueue/WaitStep/WaitLeave	waiting for a held key (wait_queue.h)
  *	LockTableSweepExpired()				reclaim every expired slot
  *	LockTableRestore()					put a saved lease back (startup)
+ *	LockTableReplayLease/Removal()		WAL redo of lease records (replication.h)
+ *	LockTableBarrier()					every partition lock once (mode switch)
  *	LockTableForEachLive()				visit live leases (postmaster, at shutdown)
  *	LockTableCopyLive()					a consistent copy for lockext_leases
  *	LockTableCollectCounts()			counters for lockext_stats, no table scan
@@ -197,6 +199,16 @@ extern bool LockTableRelease(const LockextProbeKey *probe, const pg_uuid_t *lock
 extern bool LockTableEvict(const LockextProbeKey *probe);
 extern void LockTableSweepExpired(void);
 extern bool LockTableRestore(Oid dbid, const char *key, uint32 key_len, const LockextLease *lease);
+typedef enum LockextReplayOutcome
+{
+	LOCKEXT_REPLAY_APPLIED,
+	LOCKEXT_REPLAY_SKIPPED,		/* a snapshot item older than the lease in the table */
+	LOCKEXT_REPLAY_NO_ROOM,		/* no slot, or a key longer than lockext.max_key_length */
+} LockextReplayOutcome;
+extern LockextReplayOutcome LockTableReplayLease(const LockextProbeKey *probe,
+												 const LockextLease *lease, bool snapshot_item);
+extern void LockTableReplayRemoval(const LockextProbeKey *probe, const pg_uuid_t *lock_id);
+extern void LockTableBarrier(void);
 extern void LockTableForEachLive(LockTableVisitor visit, void *arg);
 extern LockextLeaseCopy *LockTableCopyLive(int *count);
 extern void LockTableCollectCounts(LockextCounts *counts);

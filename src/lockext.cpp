@@ -20,6 +20,10 @@
  *	                                   evidence         +--> GraceRecover, GraceStart / GraceArmPromotion
  *	                                                    +--> DurableBeginRun, then the lease file goes
  *
+ * Then the startup process replays WAL; lockext's records (replication.h)
+ * rebuild the lease table, and when recovery is over the worker arms the
+ * promotion grace or settles the crash grace (grace.h).
+ *
  * At a clean shutdown (code 0 and a shutdown checkpoint in pg_control) the
  * postmaster saves the leases with the final record, then removes the
  * marker.
@@ -51,6 +55,7 @@ extern "C"
 #include "gucs.h"
 #include "lock_table.h"
 #include "persist.h"
+#include "replication.h"
 #include "shmem.h"
 #include "sql/handle_scan.h"
 #include "wait_queue.h"
@@ -77,6 +82,7 @@ SharedMemorySize(void)
 	size = add_size(size, GraceShmemSize());
 	size = add_size(size, LockTableShmemSize());
 	size = add_size(size, WaitQueueShmemSize());
+	size = add_size(size, ReplicationShmemSize());
 	return size;
 }
 
@@ -196,6 +202,7 @@ RecoverAtStartup(bool reinitialising)
 	}
 
 	RecoverFences(first_start, &load, record_valid, &record, &lease_file);
+	ReplicationStartup(in_recovery);
 	promotion_owed = record_valid && (record.flags & LOCKEXT_DURABLE_PROMOTION_OWED) != 0;
 
 	/* a grace period that has begun goes on, whatever happened since */
@@ -225,7 +232,10 @@ RecoverAtStartup(bool reinitialising)
 			}
 			GraceStart(LOCKEXT_GRACE_PROMOTION, record.ttl_ceiling_ms);
 		}
-		if (reason != LOCKEXT_GRACE_NONE)
+		/* after a crash, redo may restore every lease from WAL (replication.h) */
+		if (reason == LOCKEXT_GRACE_CRASH_RESTART || reason == LOCKEXT_GRACE_UNCLEAN_SHUTDOWN)
+			GraceStartAfterCrash(reason, record.ttl_ceiling_ms);
+		else if (reason != LOCKEXT_GRACE_NONE)
 			GraceStart(reason, record.ttl_ceiling_ms);
 	}
 
@@ -307,6 +317,7 @@ LockextShmemStartup(void)
 	GraceShmemInit();
 	LockTableShmemInit();
 	WaitQueueShmemInit();
+	ReplicationShmemInit();
 
 	/*
 	 * The postmaster (or a single-user backend) owns persistence: it runs
@@ -327,6 +338,7 @@ _PG_init(void)
 		LockextReportNotPreloaded();
 
 	GucsDefine();
+	ReplicationRegister();
 	WorkerRegister();
 	HandleScanInit();
 	prev_shmem_request_hook = shmem_request_hook;

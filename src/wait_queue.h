@@ -63,6 +63,8 @@ typedef struct LockextWaitSlot
 	Latch	   *latch;			/* the waiting backend's procLatch */
 	LockextGrantRequest request;	/* what the grant records: the waiter's lock_id, TTL... */
 	int64		fence;			/* GRANTED: the fence of the handed lease */
+	uint64		grant_lsn;		/* GRANTED: end of its WAL record (0: not logged) */
+	bool		grant_sync;		/* GRANTED: logged in lockext.replication = sync */
 	TimestampTz granted_at;		/* GRANTED: wall clock of the hand-off (display) */
 	int			status;			/* FAILED: the LockextGrantStatus */
 	LockextGrantResult result;	/* FAILED: its details */

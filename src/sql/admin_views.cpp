@@ -46,6 +46,7 @@ extern "C"
 #include "gucs.h"
 #include "shmem.h"
 #include "sql/sql_args.h"
+#include "replication.h"
 #include "wait_queue.h"
 }
 
@@ -55,7 +56,8 @@ extern "C"
 #define LEASES_COLUMNS 13
 #define LEASES_COLUMNS_1_1 (LEASES_COLUMNS + 1)
 #define STATS_COLUMNS 12
-#define STATS_COLUMNS_1_1 (STATS_COLUMNS + 3)
+#define STATS_COLUMNS_1_1 (STATS_COLUMNS + 6)
+
 
 static Datum
 ClientAddrDatum(const LockextLease *lease, bool *isnull)
@@ -188,11 +190,16 @@ LOCKEXT_SQL_FUNCTION(lockext_stats_internal)
 	if (tupdesc->natts == STATS_COLUMNS_1_1)
 	{
 		LockextWaitCounts waits;
+		LockextReplicationStatus replication;
 
 		WaitQueueCounts(&waits);
 		values[c++] = Int64GetDatum((int64) waits.waiting_now);
 		values[c++] = Int64GetDatum((int64) waits.waits);
 		values[c++] = Int64GetDatum((int64) waits.wait_timeouts);
+		ReplicationGetStatus(&replication);
+		values[c++] = Int64GetDatum((int64) replication.wal_records);
+		values[c++] = Int64GetDatum((int64) replication.sync_failed);
+		values[c++] = Int64GetDatum((int64) replication.replayed);
 	}
 	else if (tupdesc->natts != STATS_COLUMNS)
 		elog(ERROR, "lockext_stats_internal: unexpected result type");
@@ -253,6 +260,33 @@ LOCKEXT_SQL_FUNCTION(lockext_grace)
 		values[2] = TimestampTzGetDatum(GetCurrentTimestamp() + status.remaining_ms * INT64CONST(1000));
 	values[3] = Int64GetDatum(status.remaining_ms);
 	values[4] = Int64GetDatum((int64) status.refused);
+	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
+}
+
+/*
+ * lockext_replication() RETURNS record (mode, table_complete,
+ * promotion_grace_ms, wal_records, sync_failed, replayed, snapshots) (1.1).
+ * promotion_grace_ms: the grace a promotion of this server would apply
+ * now (lockext.promotion_grace_ms only with a complete table).
+ */
+LOCKEXT_SQL_FUNCTION(lockext_replication_status)
+{
+	TupleDesc	tupdesc;
+	Datum		values[7];
+	bool		nulls[7] = {false, false, false, false, false, false, false};
+	LockextReplicationStatus status;
+
+	LockextRequireLoaded();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	ReplicationGetStatus(&status);
+	values[0] = CStringGetTextDatum(ReplicationModeName(status.mode));
+	values[1] = BoolGetDatum(status.table_complete);
+	values[2] = Int64GetDatum(GracePromotionLengthMillis(status.table_complete));
+	values[3] = Int64GetDatum((int64) status.wal_records);
+	values[4] = Int64GetDatum((int64) status.sync_failed);
+	values[5] = Int64GetDatum((int64) status.replayed);
+	values[6] = Int64GetDatum((int64) status.snapshots);
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
 }
 

@@ -46,6 +46,7 @@ extern "C"
 #include "fence.h"
 #include "grace.h"
 #include "gucs.h"
+#include "replication.h"
 #include "sql/sql_args.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -310,6 +311,39 @@ ReportGrantFailure(LockextGrantStatus status, const LockextGrantResult *result)
 }
 
 /*
+ * In lockext.replication = sync: the grants and renewals of this call are
+ * confirmed by the synchronous standbys, or they are removed here and the
+ * call fails (replication.h).  The leases in probes[0..n) with lock_ids
+ * ids[0..n) are released when the confirmation does not come; what says
+ * what they were ("grant", "renewal").  In the other modes the records
+ * just go to the WAL writer.
+ */
+static void
+ConfirmOrUndo(const LockextProbeKey *probes, const pg_uuid_t *const *ids, int n, const char *what)
+{
+	if (ReplicationConfirm())
+		return;
+	for (int i = 0; i < n; i++)
+		(void) LockTableRelease(&probes[i], ids[i]);
+	ReplicationFlushSoon();
+	ereport(ERROR,
+			(errcode(ERRCODE_QUERY_CANCELED),
+			 errmsg("lockext %s of \"%.*s\" was not confirmed by a synchronous standby",
+					what, (int) probes[0].len, probes[0].bytes),
+			 errdetail("The wait for synchronous replication ended first, so the lease was removed on this server; a standby may keep it until its TTL runs out."),
+			 errhint("Check that the standbys named in synchronous_standby_names are connected, then try again.")));
+}
+
+/* ConfirmOrUndo() for the one lease a try_lock granted. */
+static void
+ConfirmGrant(const LockextProbeKey *probe, const LockextGrantRequest *request)
+{
+	const pg_uuid_t *id = &request->lock_id;
+
+	ConfirmOrUndo(probe, &id, 1, "grant");
+}
+
+/*
  * Everything a grant of request->ttl_ms needs that can fail, done before it:
  * the TTL ceiling made durable, a random lock_id, the requester, and the
  * handle tuple (HandleStart).  Nothing can fail after the grant.
@@ -351,11 +385,13 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock)
 		PG_RETURN_NULL();
 	handle = PrepareGrant(fcinfo, key, &request);
 
+	ReplicationBeginCall();
 	status = LockTableGrant(&probe, &request, &result);
 	if (status == LOCKEXT_CONTENDED || status == LOCKEXT_GRACE)
 		PG_RETURN_NULL();
 	if (status != LOCKEXT_GRANTED)
 		ReportGrantFailure(status, &result);
+	ConfirmGrant(&probe, &request);
 	return HandleFinish(handle, result.fence);
 }
 
@@ -471,6 +507,7 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_wait)
 	handle = PrepareGrant(fcinfo, key, &request);
 
 	deadline_ns = LockextNowNanos() + wait_ms * INT64CONST(1000000);
+	ReplicationBeginCall();
 	status = LockTableGrantOrQueue(&probe, &request, &result, slot);
 	if (status == LOCKEXT_QUEUED)
 	{
@@ -507,7 +544,12 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_wait)
 			PG_RETURN_NULL();
 		}
 		if (status == LOCKEXT_GRANTED)
+		{
+			/* the backend that handed the lease over logged its grant */
+			ReplicationNoteHandOff(slot->grant_lsn, slot->grant_sync);
+			ConfirmGrant(&probe, &request);
 			return HandleFinishAt(handle, result.fence, slot->granted_at + request.ttl_ms * INT64CONST(1000));
+		}
 		if (status == LOCKEXT_QUEUED)
 			PG_RETURN_NULL();	/* the bound passed */
 	}
@@ -521,6 +563,7 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_wait)
 		PG_RETURN_NULL();
 	if (status != LOCKEXT_GRANTED)
 		ReportGrantFailure(status, &result);
+	ConfirmGrant(&probe, &request);
 	return HandleFinish(handle, result.fence);
 }
 
@@ -594,6 +637,7 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_all)
 		handles[i] = HandleStart(tupdesc, (text *) DatumGetPointer(elements[i]), &requests[i]);
 	}
 
+	ReplicationBeginCall();
 	status = LockTableGrantAll(probes, requests, n, results);
 	if (status == LOCKEXT_TABLE_FULL)
 	{
@@ -612,6 +656,13 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_all)
 				 errhint("Increase lockext.max_locks (requires restart).")));
 	if (status != LOCKEXT_GRANTED)
 		ReportGrantFailure(status, &results[0]);
+	{
+		const pg_uuid_t *ids[LOCKEXT_MAX_KEYS_PER_CALL];
+
+		for (int i = 0; i < n; i++)
+			ids[i] = &requests[i].lock_id;
+		ConfirmOrUndo(probes, ids, n, "grant");
+	}
 	/* the leases are held: only the rows remain to be stored */
 	for (int i = 0; i < n; i++)
 	{
@@ -638,7 +689,11 @@ RenewChecked(Datum key, bool key_null, Datum lock_id, bool lock_id_null, const D
 		ttl_ms = LockextCheckTtl(*ttl, ttl_null);
 		RecordTtlCeiling(ttl_ms);
 	}
-	return LockTableRenew(&probe, id, ttl_ms);
+	ReplicationBeginCall();
+	if (!LockTableRenew(&probe, id, ttl_ms))
+		return false;
+	ConfirmOrUndo(&probe, &id, 1, "renewal");
+	return true;
 }
 
 /* renew(key text, lock_id uuid) RETURNS boolean: keeps the lease's own TTL */
@@ -674,11 +729,15 @@ ReleaseChecked(Datum key, bool key_null, Datum lock_id, bool lock_id_null)
 {
 	LockextProbeKey probe;
 	const pg_uuid_t *id;
+	bool		released;
 
 	LockextCheckWritable("release");
 	LockextProbeFromKeyDatum(&probe, key, key_null);
 	id = LockextCheckLockId(lock_id, lock_id_null);
-	return LockTableRelease(&probe, id);
+	ReplicationBeginCall();
+	released = LockTableRelease(&probe, id);
+	ReplicationFlushSoon();
+	return released;
 }
 
 /* release(key text, lock_id uuid) RETURNS boolean: true = released now, false = no-op */

@@ -359,7 +359,8 @@ is_deeply(members('broken'), $fresh, 'self-check: repaired, the lists are equal 
 # a view with a column appended
 sql('broken', q{CREATE OR REPLACE VIEW lockext_stats AS
 	SELECT acquired, contended, renewed, renew_failed, released, release_noop, expired, table_full,
-	       leases, max_locks, high_water, stats_reset, waiters, waits, wait_timeouts, 0::bigint AS appended
+	       leases, max_locks, high_water, stats_reset, waiters, waits, wait_timeouts, wal_records,
+	       sync_failed, replayed, 0::bigint AS appended
 	FROM lockext_stats_internal_1_1()});
 ok(!eq_array(members('broken'), $fresh), 'self-check: a view with another column list is seen');
 sql('broken', 'DROP EXTENSION lockext CASCADE; CREATE EXTENSION lockext');
