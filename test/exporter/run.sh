@@ -256,6 +256,11 @@ expect counter lockext_stats_table_full_total 1
 expect gauge lockext_stats_waiters 0
 expect counter lockext_stats_waits_total 1
 expect counter lockext_stats_wait_timeouts_total 1
+expect counter lockext_stats_wal_records_total 0      # lockext.replication = off
+expect counter lockext_stats_sync_failed_total 0
+expect counter lockext_stats_replayed_total 0
+expect gauge lockext_replication_table_complete 1 mode=off
+expect counter lockext_replication_snapshots_total 0 mode=off
 # gauges
 expect gauge lockext_stats_leases 8
 expect gauge lockext_stats_max_locks 8
