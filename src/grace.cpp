@@ -207,18 +207,18 @@ Shorten(int reason, int64 until_ns)
 				 errdetail("The full grace period after the crash applies.")));
 		return;
 	}
-	if (!ends)
-	{
-		SpinLockAcquire(&grace->mutex);
-		grace->length_ms = length_ms;
-		SpinLockRelease(&grace->mutex);
-	}
+	SpinLockAcquire(&grace->mutex);
+	grace->length_ms = length_ms;
+	if (ends)
+		grace->reason = LOCKEXT_GRACE_NONE;	/* lockext_grace(): none applied */
+	SpinLockRelease(&grace->mutex);
 	pg_atomic_write_u64(&grace->until_ns, ends ? 0 : (uint64) until_ns);
 	ereport(LOG,
 			(errmsg(ends ? "lockext: every lease was restored from WAL; no grace period after the %s"
 					: "lockext: every lease was restored from WAL; the grace period after the %s ends in %lld ms",
 					GraceReasonText(reason), (long long) length_ms),
-			 errdetail("lockext.replication was sync for longer than the longest TTL, or the grace covers the leases granted before.")));
+			 ends ? errdetail("lockext.replication was sync for longer than the longest TTL before the crash.")
+			 : errdetail("lockext.replication became sync less than the longest TTL before the crash: leases granted before that may still be held until then.")));
 }
 
 /* After crash recovery: shorten the crash grace if redo restored every lease. */

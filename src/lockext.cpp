@@ -110,7 +110,9 @@ RecoverFences(bool first_start, const LockextDurableLoad *load, bool record_vali
 	if (proven && record->fence_reserved >= lease_file->max_fence_counter)
 	{
 		FenceRecover(record->fence_reserved);
-		if (load->copies_damaged > 0 || load->copies_valid < 2)
+		/* after a clean shutdown the marker is gone by design: only state is expected */
+		if (load->copies_damaged > 0 || load->copies_valid == 0 ||
+			(load->marker_present && load->copies_valid < 2))
 			ereport(WARNING,
 					(errmsg("lockext: \"%s\" is missing or unreadable; fences resume from the reservation recorded in %s",
 							load->copies_damaged > 0 ? load->damaged[0] :
@@ -202,7 +204,6 @@ RecoverAtStartup(bool reinitialising)
 	}
 
 	RecoverFences(first_start, &load, record_valid, &record, &lease_file);
-	ReplicationStartup(in_recovery);
 	promotion_owed = record_valid && (record.flags & LOCKEXT_DURABLE_PROMOTION_OWED) != 0;
 
 	/* a grace period that has begun goes on, whatever happened since */
@@ -238,6 +239,9 @@ RecoverAtStartup(bool reinitialising)
 		else if (reason != LOCKEXT_GRACE_NONE)
 			GraceStart(reason, record.ttl_ceiling_ms);
 	}
+
+	/* a start that restored every lease has them all in the first snapshot */
+	ReplicationStartup(!in_recovery && !promotion_owed && reason == LOCKEXT_GRACE_NONE);
 
 	memset(&run, 0, sizeof(run));
 	run.fence_reserved = FenceReserved();

@@ -175,17 +175,19 @@ ReplicationShmemInit(void)
 
 /*
  * Postmaster, at every shared-memory initialisation: the mode starts as
- * configured (the worker logs it once recovery is over).  A server that
- * does not start in recovery and replays nothing has the whole table: it
- * is complete unless redo says otherwise.
+ * configured (the worker logs it once recovery is over).  "Sync since"
+ * bounds the leases a crash could lose: none after a start that restored
+ * every lease (all_restored: the worker's first snapshot holds them all,
+ * and a crash before it is logged finds no complete snapshot), the leases
+ * granted before now otherwise, until redo proves more (below).
  */
 void
-ReplicationStartup(bool in_recovery)
+ReplicationStartup(bool all_restored)
 {
-	(void) in_recovery;
 	pg_atomic_write_u32(&repl->mode, (uint32) lockext_replication);
 	pg_atomic_write_u64(&repl->sync_since_boot_ns,
-						lockext_replication == LOCKEXT_REPLICATION_SYNC ? (uint64) LockextBootNowNanos() : 0);
+						lockext_replication == LOCKEXT_REPLICATION_SYNC && !all_restored
+						? (uint64) LockextBootNowNanos() : 0);
 }
 
 static inline int
@@ -990,6 +992,9 @@ ReplicationRedoRestoredEveryLease(int64 ttl_ceiling_ms, int64 *until_ns, const c
 	}
 	left_ns = since_boot_ns + ceiling * core::kNanosPerMilli - LockextBootNowNanos();
 	*until_ns = LockextNowNanos() + Max(left_ns, (int64) 0);
+	/* this run goes on in sync: it has lost nothing since then either */
+	if (PublishedMode() == LOCKEXT_REPLICATION_SYNC)
+		pg_atomic_write_u64(&repl->sync_since_boot_ns, (uint64) Max(since_boot_ns, (int64) 0));
 	return true;
 }
 

@@ -112,7 +112,7 @@ struct LockextLease;
 extern void ReplicationRegister(void);
 extern Size ReplicationShmemSize(void);
 extern void ReplicationShmemInit(void);
-extern void ReplicationStartup(bool in_recovery);
+extern void ReplicationStartup(bool all_restored);
 
 extern void ReplicationLogLease(uint8 info, const struct LockextProbeKey *probe,
 								const struct LockextLease *lease, int64 now_ns);
