@@ -163,3 +163,13 @@ suite_die() {
 	not_ok "$*"
 	suite_finish
 }
+
+# kill_tree PID: stops a process this script started and all its descendants, by pid
+# (stopped first, so none forks a new child while the tree is walked)
+kill_tree() {
+	local child
+	kill -STOP "$1" 2>/dev/null
+	for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$child"; done
+	kill -KILL "$1" 2>/dev/null
+	kill -CONT "$1" 2>/dev/null
+}

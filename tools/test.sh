@@ -6,13 +6,13 @@
 #
 #   tools/test.sh            all suites
 #   LOCKEXT_SUITES="regress isolation" tools/test.sh   a subset
-#     (unit regress isolation tap client checker bench exporter readme ubsan packages)
+#     (unit regress isolation tap client checker ha bench exporter readme ubsan packages)
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/tools/lib.sh"
 require_root
 
-suites=${LOCKEXT_SUITES:-"unit regress isolation tap client checker bench exporter readme ubsan packages"}
+suites=${LOCKEXT_SUITES:-"unit regress isolation tap client checker ha bench exporter readme ubsan packages"}
 passed=0
 failed=0
 started=$(date +%s)
@@ -138,6 +138,8 @@ has_suite client && run_script_suite client "$top/client/test/run.sh"
 has_suite checker && run_script_suite checker "$top/test/checker/run.sh"
 has_suite bench && run_script_suite bench-smoke "$top/bench/run.sh" --smoke
 has_suite bench && run_script_suite bench-wait-smoke "$top/bench/wait.sh" --smoke
+# Patroni 3 + etcd 3.4, three nodes, failovers under the history checker (short form)
+has_suite ha && run_script_suite ha "$top/test/ha/run.sh"
 has_suite exporter && run_script_suite exporter "$top/test/exporter/run.sh"
 has_suite readme && run_script_suite readme "$top/test/readme/run.sh"
 

@@ -37,6 +37,11 @@ any other; the server granted it at some g in [invoke, complete] (a hand-off fro
 release, an expiry or a force_release while it waited), so the same window and fence rules
 hold. The driver keeps wait_ms at most half the TTL, so such windows are not empty.
 
+Leases lost early, with --no-lease-loss (replicated leases: nothing may lose one, not
+even a failover): every such renew is a violation, unless an indeterminate renew of the
+same lease came before it (with lockext.replication = sync, a renew whose confirmation
+did not come removes the lease on the primary and fails).
+
 Indeterminate operations (outcome info: the call failed after the request may have been
 executed) give no window and no fence claim; a renew or release that failed or is
 indeterminate never extends a window, and a release ends the window at its invoke time
@@ -58,7 +63,7 @@ NS_PER_MS = 1_000_000
 
 class Grant:
     __slots__ = ("proc", "thread", "key", "lock_id", "fence", "ttl_ns", "invoke", "ok",
-                 "extended_from", "release_invoke", "renews")
+                 "extended_from", "release_invoke", "renews", "info_renew")
 
     def __init__(self, op):
         self.proc = op["proc"]
@@ -72,6 +77,7 @@ class Grant:
         self.extended_from = None   # invoke of the latest successful renew (its ttl)
         self.release_invoke = None
         self.renews = 0
+        self.info_renew = None      # invoke of the first indeterminate renew
 
     def who(self):
         return f"p{self.proc}/t{self.thread}"
@@ -179,7 +185,7 @@ def restore_events(events):
 
 
 def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, losses=None,
-          restores=()):
+          restores=(), no_loss=False):
     origin = min((o["invoke_ns"] for o in ops), default=0)
 
     def t(ns):
@@ -220,7 +226,9 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, loss
             continue
         if (o["op"] == "renew" and "lock lost" in (o.get("error") or "")
                 and g.release_invoke is None and o["complete_ns"] < g.lease_end()):
-            lost.append((g, o))
+            lost.append((g, o, g.info_renew is not None))
+        if o["op"] == "renew" and o["outcome"] == "info" and g.info_renew is None:
+            g.info_renew = o["invoke_ns"]
         if o["op"] == "renew" and o["outcome"] == "ok":
             g.renews += 1
             ttl_ns = int(o["ttl_ms"]) * NS_PER_MS
@@ -286,10 +294,15 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, loss
     # Lost leases: a renew that completed before the lease could have expired must succeed
     # unless the server crashed (or started uncleanly) since the grant.
     early = []
+    excused = 0
+    if no_loss:
+        losses = []
     if losses is not None:
         margin = 1000 * NS_PER_MS
-        for g, o in lost:
-            if not any(g.invoke - margin <= x <= o["complete_ns"] + margin for x in losses):
+        for g, o, after_info in lost:
+            if no_loss and after_info:
+                excused += 1
+            elif not any(g.invoke - margin <= x <= o["complete_ns"] + margin for x in losses):
                 early.append((g, o))
 
     # Information: leases granted before a restart that restored saved leases and renewed
@@ -319,6 +332,7 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, loss
         "grace_periods": len(graces),
         "grace_violations": len(grace),
         "lost_leases": len(early),
+        "lost_after_indeterminate_renew": excused,
         "restarts_restoring": len(restores),
         "leases_renewed_across_restore": survived,
         "lock_id_reuse": sum(1 for kind, _ in problems if kind == "lock_id"),
@@ -358,7 +372,12 @@ def check(ops, tolerance_ns=0, max_examples=5, graces=(), clock_slack_ns=0, loss
         lines.append(
             f"  {g.who()} fence {g.fence} on {g.key!r}: try_lock invoked {t(g.invoke)}, ok {t(g.ok)}, "
             f"inside the {length // NS_PER_MS} ms grace ({reason}) that started at {t(start)}")
-    if losses is not None:
+    if no_loss:
+        lines.append(f"leases lost early {len(early)} (renew said 'lock lost' before the lease "
+                     f"could have expired; --no-lease-loss: no event may lose a lease; "
+                     f"{len(lost)} such renews in all, {excused} after an indeterminate renew "
+                     f"of the lease, not counted)")
+    elif losses is not None:
         lines.append(f"leases lost early {len(early)} (renew said 'lock lost' before the lease "
                      f"could have expired, no crash in between; {len(lost)} such renews in all)")
     if restores:
@@ -388,6 +407,10 @@ def main(argv=None):
                     help="CLOCK_REALTIME - CLOCK_MONOTONIC in ns; give it twice, measured "
                          "before and after the run")
     ap.add_argument("--grace-ms", type=int, help="check this grace length instead of the logged one")
+    ap.add_argument("--no-lease-loss", action="store_true",
+                    help="no event may lose a lease (replicated leases across failovers): every "
+                         "renew answered 'lock lost' while the lease was known live is a violation, "
+                         "unless an indeterminate renew of it came first")
     args = ap.parse_args(argv)
 
     ops, bad = load(args.histories)
@@ -403,7 +426,7 @@ def main(argv=None):
         losses = lease_loss_events(events)
         restores = restore_events(events)
     report, lines = check(ops, int(args.tolerance_ms * NS_PER_MS), args.examples, graces, slack,
-                          losses, restores)
+                          losses, restores, args.no_lease_loss)
     report["label"] = args.label
     report["unparsable_lines"] = len(bad)
     violations = (report["mutex_violations"] + report["fence_violations"]

@@ -32,9 +32,21 @@
  * server error that rules the call out) or "info" (indeterminate: the request may have
  * been executed, e.g. the connection died after it was sent).
  *
+ * --raw-pct of the threads (the last ones of each process) make every call, try_lock,
+ * renew and release, over a libpq connection of their own instead of the library (the
+ * library's SQL, one simple query each with SET LOCAL statement_timeout, so the server
+ * cancels a call it cannot finish, e.g. a replicated grant whose confirmation does not
+ * come: 57014). With --server-info 1, a thread's own connection asks the server who it is
+ * when it connects (inet_server_port() and, on a primary, the timeline of its current WAL
+ * file) and every call over it logs "server": "<port>/<timeline>", so a history shows
+ * which leader of a failover served each call (test/ha). A broken connection is dropped
+ * and the next call connects anew (multi-host conninfo: to whichever host is read-write
+ * with target_session_attrs=read-write); a 25006 reply (read-only) drops it too.
+ *
  * The log is written under a mutex and flushed when the process exits normally; the
- * driver always stops by itself (send SIGSTOP/SIGCONT to pause it, never SIGKILL, or the
- * tail of the history is lost).
+ * driver always stops by itself, after --seconds or as soon as --stop-file exists (checked
+ * every 50 ms; holders then release at once). Send SIGSTOP/SIGCONT to pause it, never
+ * SIGKILL, or the tail of the history is lost.
  */
 #include <lockext/pg_locking_plugin.hpp>
 
@@ -58,6 +70,7 @@
 #include <utility>
 #include <vector>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -79,6 +92,9 @@ struct Config {
     int overrun_pct = 10;   /* % of holds that work 100..150 % of the TTL */
     int renew_pct = 30;     /* % of holds that renew every ttl/3 while working */
     int wait_pct = 0;       /* % of the threads that take the lock with a server-side wait */
+    int raw_pct = 0;        /* % of the threads that make every call over their own libpq connection */
+    bool server_info = false; /* own connections log the server's port/timeline per call */
+    std::string stop_file;  /* stop as soon as this file exists */
     int backoff_max_ms = 20;
     int error_sleep_ms = 100;
     double seconds = 15;
@@ -98,14 +114,26 @@ mono_ns()
     return std::int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
 }
 
+/* The run's end: --seconds after the start, or earlier once --stop-file exists. */
+std::atomic<std::int64_t> g_deadline{0};
+
+std::int64_t
+deadline()
+{
+    return g_deadline.load(std::memory_order_relaxed);
+}
+
+/* Sleeps until target, or until the deadline if that comes first (a stop file lowers it
+ * while we sleep: naps of at most 50 ms). */
 void
 sleep_until_ns(std::int64_t target)
 {
     for (;;) {
-        const std::int64_t left = target - mono_ns();
+        const std::int64_t left = std::min(target, deadline()) - mono_ns();
         if (left <= 0)
             return;
-        timespec ts{static_cast<time_t>(left / 1000000000), static_cast<long>(left % 1000000000)};
+        const std::int64_t nap = std::min<std::int64_t>(left, 50000000);
+        timespec ts{static_cast<time_t>(nap / 1000000000), static_cast<long>(nap % 1000000000)};
         nanosleep(&ts, nullptr);
     }
 }
@@ -198,6 +226,7 @@ struct Op {
     bool contended = false;
     std::string error;
     std::int64_t wait_ms = -1;  /* try_lock(key, ttl, wait_ms); -1: a plain try_lock */
+    std::string server;         /* "<port>/<timeline>" of the server it went to, if known */
 };
 
 Op
@@ -222,9 +251,9 @@ struct Counters {
 class Worker {
 public:
     Worker(const Config &cfg, lockext::PgLockingPlugin &plugin, Log &log, Counters &counters,
-           int thread, std::int64_t deadline)
+           int thread)
         : m_cfg(cfg), m_plugin(plugin), m_log(log), m_counters(counters), m_thread(thread),
-          m_deadline(deadline),
+          m_raw(thread >= cfg.threads - (cfg.threads * cfg.raw_pct + 99) / 100),
           m_rng(cfg.seed * 1000003 + static_cast<std::uint64_t>(cfg.proc) * 1009 +
                 static_cast<std::uint64_t>(thread))
     {
@@ -239,7 +268,7 @@ public:
     void run()
     {
         const bool waiting = m_thread < (m_cfg.threads * m_cfg.wait_pct + 99) / 100;
-        while (mono_ns() < m_deadline) {
+        while (mono_ns() < deadline()) {
             const std::string key =
                 m_cfg.key_prefix + "-k" + std::to_string(uniform(0, m_cfg.keys - 1));
             std::uint64_t ttl_ms = pick_ttl();
@@ -249,8 +278,12 @@ public:
             if (waiting)
                 op.wait_ms = static_cast<std::int64_t>(ttl_ms) * uniform(25, 50) / 100;
             op.invoke_ns = mono_ns();
-            auto r = waiting ? try_lock_wait(key, ttl_ms, op.wait_ms) : m_plugin.try_lock(key, ttl_ms);
+            auto r = waiting  ? try_lock_wait(key, ttl_ms, op.wait_ms)
+                     : m_raw ? try_lock_raw(key, ttl_ms)
+                             : m_plugin.try_lock(key, ttl_ms);
             op.complete_ns = mono_ns();
+            if (waiting || m_raw)
+                op.server = m_server;
             if (!r) {
                 fail_op(op, r.error());
                 emit(op);
@@ -274,63 +307,163 @@ public:
 
 private:
     /*
-     * try_lock(key, ttl_ms, wait_ms) on this thread's own connection (reconnects after a
-     * failure; PQexec, no prepared statement, so it also works through PgBouncer's
-     * transaction pooling). The statement_timeout (SET LOCAL: same implicit transaction)
-     * bounds a wait the server failed to end. Errors read like the library's:
-     * "try_lock failed: [SQLSTATE] message", "outcome unknown" once the request was sent
-     * and no answer came back.
+     * This thread's own connection (waiting and raw threads): connects if there is none
+     * or the last one broke. With --server-info, asks who the server is (port, and on a
+     * primary the timeline of its current WAL file: pg_walfile_name's first 8 hex digits).
+     * Returns an error in the library's words ("<op> failed: could not connect to
+     * server: ...") when it cannot connect.
      */
-    lockext::Result<std::optional<lockext::LockHandle>>
-    try_lock_wait(const std::string &key, std::uint64_t ttl_ms, std::int64_t wait_ms)
+    lockext::Result<PGconn *> connection(const char *op)
     {
-        if (m_conn != nullptr && PQstatus(m_conn) != CONNECTION_OK) {
-            PQfinish(m_conn);
-            m_conn = nullptr;
-        }
+        if (m_conn != nullptr && PQstatus(m_conn) != CONNECTION_OK)
+            drop_connection();
         if (m_conn == nullptr) {
             const std::string conninfo =
                 m_cfg.conninfo + " connect_timeout=" + std::to_string(m_cfg.connect_timeout_s);
             m_conn = PQconnectdb(conninfo.c_str());
             if (PQstatus(m_conn) != CONNECTION_OK) {
-                std::string e = std::string("try_lock failed: could not connect to server: ") +
+                std::string e = std::string(op) + " failed: could not connect to server: " +
                                 PQerrorMessage(m_conn);
-                PQfinish(m_conn);
-                m_conn = nullptr;
+                drop_connection();
                 return std::unexpected(e);
             }
-        }
-        char *lit = PQescapeLiteral(m_conn, key.c_str(), key.size());
-        if (lit == nullptr)
-            return std::unexpected(std::string("try_lock failed: [22000] cannot quote the key"));
-        const std::string sql =
-            "SET LOCAL statement_timeout = " + std::to_string(wait_ms + m_cfg.statement_timeout_ms) +
-            "; SELECT lock_id, fence, ttl_ms FROM try_lock(" + lit + ", " + std::to_string(ttl_ms) +
-            ", " + std::to_string(wait_ms) + ")";
-        PQfreemem(lit);
-        PGresult *res = PQexec(m_conn, sql.c_str());
-        lockext::Result<std::optional<lockext::LockHandle>> out = std::optional<lockext::LockHandle>{};
-        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 3) {
-            if (!PQgetisnull(res, 0, 0)) {
-                lockext::LockHandle h;
-                h.key = key;
-                h.lock_id = PQgetvalue(res, 0, 0);
-                h.fence = std::stoll(PQgetvalue(res, 0, 1));
-                h.ttl_ms = static_cast<std::uint64_t>(std::stoll(PQgetvalue(res, 0, 2)));
-                out = std::optional<lockext::LockHandle>{h};
+            if (m_cfg.server_info) {
+                PGresult *res = PQexec(
+                    m_conn, "SELECT inet_server_port(), CASE WHEN pg_is_in_recovery() THEN -1 ELSE "
+                            "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END");
+                if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+                    m_server = std::string(PQgetvalue(res, 0, 0)) + "/" + PQgetvalue(res, 0, 1);
+                PQclear(res);
             }
-        } else {
-            const char *state = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
-            std::string msg = PQerrorMessage(m_conn);
-            while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' '))
-                msg.pop_back();
-            /* no SQLSTATE: the connection broke after the request was sent */
-            out = std::unexpected(state != nullptr
-                                      ? "try_lock failed: [" + std::string(state) + "] " + msg
-                                      : "try_lock failed: outcome unknown: " + msg);
+        }
+        return m_conn;
+    }
+
+    void drop_connection()
+    {
+        if (m_conn != nullptr)
+            PQfinish(m_conn);
+        m_conn = nullptr;
+        m_server.clear();
+    }
+
+    /*
+     * One simple query (statements separated by ';', the last one's result counts) on
+     * this thread's own connection; PQexec, no prepared statement, so it also works
+     * through PgBouncer's transaction pooling. Errors read like the library's: "<op>
+     * failed: [SQLSTATE] message", "outcome unknown" once the request was sent and no
+     * answer came back (the connection is then dropped, as after a 25006 reply: the next
+     * call connects anew, to whichever host is read-write now).
+     */
+    lockext::Result<PGresult *> exec(const char *op, const std::string &sql)
+    {
+        auto conn = connection(op);
+        if (!conn)
+            return std::unexpected(conn.error());
+        PGresult *res = PQexec(*conn, sql.c_str());
+        if (PQresultStatus(res) == PGRES_TUPLES_OK)
+            return res;
+        const char *state = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
+        std::string msg = PQerrorMessage(*conn);
+        while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' '))
+            msg.pop_back();
+        /* no SQLSTATE: the connection broke after the request was sent */
+        std::string e = state != nullptr ? std::string(op) + " failed: [" + state + "] " + msg
+                                         : std::string(op) + " failed: outcome unknown: " + msg;
+        if (state == nullptr || std::strcmp(state, "25006") == 0 || std::strncmp(state, "57P", 3) == 0)
+            drop_connection();
+        PQclear(res);
+        return std::unexpected(e);
+    }
+
+    /* A quoted literal for this thread's connection (connected by the caller). */
+    std::string literal(const std::string &s)
+    {
+        char *lit = PQescapeLiteral(m_conn, s.c_str(), s.size());
+        if (lit == nullptr)
+            return "NULL";
+        std::string out = lit;
+        PQfreemem(lit);
+        return out;
+    }
+
+    std::string timeout_prefix(std::int64_t extra_ms)
+    {
+        return "SET LOCAL statement_timeout = " + std::to_string(extra_ms + m_cfg.statement_timeout_ms) +
+               "; ";
+    }
+
+    /* The handle in a "SELECT lock_id, fence, ttl_ms FROM try_lock(...)" result; no
+     * handle for the row of NULLs (contention). */
+    static lockext::Result<std::optional<lockext::LockHandle>>
+    handle_from(PGresult *res, const std::string &key)
+    {
+        lockext::Result<std::optional<lockext::LockHandle>> out = std::optional<lockext::LockHandle>{};
+        if (PQntuples(res) != 1 || PQnfields(res) != 3)
+            out = std::unexpected(std::string("try_lock failed: [XX000] unexpected result shape"));
+        else if (!PQgetisnull(res, 0, 0)) {
+            lockext::LockHandle h;
+            h.key = key;
+            h.lock_id = PQgetvalue(res, 0, 0);
+            h.fence = std::stoll(PQgetvalue(res, 0, 1));
+            h.ttl_ms = static_cast<std::uint64_t>(std::stoll(PQgetvalue(res, 0, 2)));
+            out = std::optional<lockext::LockHandle>{h};
         }
         PQclear(res);
         return out;
+    }
+
+    /*
+     * try_lock(key, ttl_ms, wait_ms) on this thread's own connection. The statement_timeout
+     * (SET LOCAL: same implicit transaction) bounds a wait the server failed to end.
+     */
+    lockext::Result<std::optional<lockext::LockHandle>>
+    try_lock_wait(const std::string &key, std::uint64_t ttl_ms, std::int64_t wait_ms)
+    {
+        if (auto conn = connection("try_lock"); !conn)
+            return std::unexpected(conn.error());
+        const std::string sql = timeout_prefix(wait_ms) + "SELECT lock_id, fence, ttl_ms FROM try_lock(" +
+                                literal(key) + ", " + std::to_string(ttl_ms) + ", " +
+                                std::to_string(wait_ms) + ")";
+        auto res = exec("try_lock", sql);
+        if (!res)
+            return std::unexpected(res.error());
+        return handle_from(*res, key);
+    }
+
+    /* The library's calls, made by a raw thread over its own connection. */
+    lockext::Result<std::optional<lockext::LockHandle>>
+    try_lock_raw(const std::string &key, std::uint64_t ttl_ms)
+    {
+        if (auto conn = connection("try_lock"); !conn)
+            return std::unexpected(conn.error());
+        auto res = exec("try_lock", timeout_prefix(0) + "SELECT lock_id, fence, ttl_ms FROM try_lock(" +
+                                        literal(key) + ", " + std::to_string(ttl_ms) + ")");
+        if (!res)
+            return std::unexpected(res.error());
+        return handle_from(*res, key);
+    }
+
+    /* renew / release (key, lock_id): the function's boolean; false is "lock lost" for a
+     * renew (the library's words) and a silent no-op for a release. */
+    lockext::Result<void> call_raw(const char *fn, const lockext::LockHandle &h)
+    {
+        if (auto conn = connection(fn); !conn)
+            return std::unexpected(conn.error());
+        std::string sql = timeout_prefix(0) + "SELECT " + fn + "(" + literal(h.key) + "::text, " +
+                          literal(h.lock_id) + "::uuid)";
+        auto res = exec(fn, sql);
+        if (!res)
+            return std::unexpected(res.error());
+        const bool shaped = PQntuples(*res) == 1 && PQnfields(*res) == 1 && !PQgetisnull(*res, 0, 0);
+        const bool yes = shaped && PQgetvalue(*res, 0, 0)[0] == 't';
+        PQclear(*res);
+        if (!shaped)
+            return std::unexpected(std::string(fn) + " failed: [XX000] unexpected result shape");
+        if (!yes && std::strcmp(fn, "renew") == 0)
+            return std::unexpected("renew failed: lock lost: '" + h.key +
+                                   "' is no longer held by this lock_id (expired, released or taken over)");
+        return {};
     }
 
     /* Works under the lease; granted_at = invoke time of the try_lock that granted it. */
@@ -346,7 +479,7 @@ private:
                                                                        m_cfg.work_max_pct);
         const std::int64_t work_ms = ttl * pct / 100;
         const std::int64_t work_end =
-            std::min(mono_ns() + work_ms * 1000000, m_deadline);
+            std::min(mono_ns() + work_ms * 1000000, deadline());
         if (renewing) {
             /* like LeaseKeeper: renew every ttl/3; after a backend failure retry every
              * ttl/10 until the lease is known to have run out; "lock lost" ends it */
@@ -354,9 +487,13 @@ private:
             const std::int64_t retry = std::max<std::int64_t>(ttl / 10, 10) * 1000000;
             std::int64_t valid_until = granted_at + ttl * 1000000;
             std::int64_t next = mono_ns() + interval;
-            while (next < work_end) {
+            while (next < std::min(work_end, deadline())) {
                 sleep_until_ns(next);
-                const Op op = logged("renew", handle, [&] { return m_plugin.renew(handle); });
+                if (mono_ns() >= deadline())
+                    break; /* --stop-file: release now */
+                const Op op = logged("renew", handle, [&] {
+                    return m_raw ? call_raw("renew", handle) : m_plugin.renew(handle);
+                });
                 if (op.error.empty()) {
                     valid_until = op.invoke_ns + ttl * 1000000;
                     next = op.invoke_ns + interval;
@@ -369,7 +506,9 @@ private:
             }
         }
         sleep_until_ns(work_end);
-        (void) logged("release", handle, [&] { return m_plugin.release(handle); });
+        (void) logged("release", handle, [&] {
+            return m_raw ? call_raw("release", handle) : m_plugin.release(handle);
+        });
     }
 
     /* Runs call (a renew or release of handle), logs it and returns the logged op. */
@@ -380,6 +519,8 @@ private:
         op.invoke_ns = mono_ns();
         const lockext::Result<void> r = call();
         op.complete_ns = mono_ns();
+        if (m_raw)
+            op.server = m_server;
         if (!r)
             fail_op(op, r.error());
         emit(op);
@@ -412,6 +553,7 @@ private:
                            ",\"contended\":" + (op.contended ? "true" : "false") +
                            ",\"error\":" + (op.error.empty() ? "null" : json_string(op.error)) +
                            (op.wait_ms >= 0 ? ",\"wait_ms\":" + std::to_string(op.wait_ms) : "") +
+                           (op.server.empty() ? "" : ",\"server\":" + json_string(op.server)) +
                            "}";
         m_log.write(line);
     }
@@ -436,7 +578,7 @@ private:
 
     void pause_ms(int ms)
     {
-        sleep_until_ns(std::min(mono_ns() + std::int64_t{ms} * 1000000, m_deadline));
+        sleep_until_ns(mono_ns() + std::int64_t{ms} * 1000000);
     }
 
     const Config &m_cfg;
@@ -444,9 +586,10 @@ private:
     Log &m_log;
     Counters &m_counters;
     int m_thread;
-    std::int64_t m_deadline;
+    bool m_raw;                 /* every call over m_conn, not the library */
     std::mt19937_64 m_rng;
-    PGconn *m_conn = nullptr;   /* a waiting thread's own connection */
+    PGconn *m_conn = nullptr;   /* a waiting or raw thread's own connection */
+    std::string m_server;       /* "<port>/<timeline>" of m_conn's server (--server-info) */
 };
 
 [[noreturn]] void
@@ -456,9 +599,10 @@ usage(const char *argv0)
                  "usage: %s [--conninfo STR] [--out FILE|-] [--proc N] [--threads N] [--keys N]\n"
                  "    [--key-prefix STR] [--ttl-ms N] [--ttl-min-ms N] [--work-min-pct P]\n"
                  "    [--work-max-pct P] [--overrun-pct P] [--renew-pct P] [--backoff-max-ms N]\n"
-                 "    [--error-sleep-ms N] [--wait-pct P]"
-                 " [--seconds S] [--prepared 0|1] [--pool-size N] [--statement-timeout-ms N]\n"
-                 "    [--connect-timeout-s N] [--acquire-timeout-ms N] [--seed N] [--procs N]\n",
+                 "    [--error-sleep-ms N] [--wait-pct P] [--raw-pct P] [--server-info 0|1]\n"
+                 "    [--seconds S] [--stop-file PATH] [--prepared 0|1] [--pool-size N]\n"
+                 "    [--statement-timeout-ms N] [--connect-timeout-s N] [--acquire-timeout-ms N]\n"
+                 "    [--seed N] [--procs N]\n",
                  argv0);
     std::exit(2);
 }
@@ -489,6 +633,9 @@ parse(int argc, char **argv)
         else if (a == "--overrun-pct") c.overrun_pct = static_cast<int>(num());
         else if (a == "--renew-pct") c.renew_pct = static_cast<int>(num());
         else if (a == "--wait-pct") c.wait_pct = static_cast<int>(num());
+        else if (a == "--raw-pct") c.raw_pct = static_cast<int>(num());
+        else if (a == "--server-info") c.server_info = num() != 0;
+        else if (a == "--stop-file") c.stop_file = v;
         else if (a == "--backoff-max-ms") c.backoff_max_ms = static_cast<int>(num());
         else if (a == "--error-sleep-ms") c.error_sleep_ms = static_cast<int>(num());
         else if (a == "--seconds") c.seconds = std::stod(v);
@@ -560,21 +707,39 @@ main(int argc, char **argv)
         Log log(cfg.out);
         lockext::PgLockingPlugin plugin(cfg.conninfo, options);
         const std::int64_t start = mono_ns();
-        const std::int64_t deadline = start + static_cast<std::int64_t>(cfg.seconds * 1e9);
+        g_deadline = start + static_cast<std::int64_t>(cfg.seconds * 1e9);
+        std::atomic<bool> done{false};
+        std::thread stop_watch;
+        if (!cfg.stop_file.empty())
+            stop_watch = std::thread([&] {
+                struct stat st{};
+                while (!done.load() && mono_ns() < deadline()) {
+                    if (stat(cfg.stop_file.c_str(), &st) == 0) {
+                        g_deadline = std::min(deadline(), mono_ns());
+                        break;
+                    }
+                    timespec ts{0, 50000000};
+                    nanosleep(&ts, nullptr);
+                }
+            });
         log.write("{\"proc\":" + std::to_string(cfg.proc) + ",\"op\":\"meta\",\"start_ns\":" +
                   std::to_string(start) + ",\"threads\":" + std::to_string(cfg.threads) +
                   ",\"keys\":" + std::to_string(cfg.keys) + ",\"wait_pct\":" +
-                  std::to_string(cfg.wait_pct) + ",\"ttl_ms\":" +
+                  std::to_string(cfg.wait_pct) + ",\"raw_pct\":" + std::to_string(cfg.raw_pct) +
+                  ",\"ttl_ms\":" +
                   std::to_string(cfg.ttl_ms) + ",\"seed\":" + std::to_string(cfg.seed) +
                   ",\"prepared\":" + (cfg.prepared ? "true" : "false") + "}");
         std::vector<std::thread> threads;
         threads.reserve(static_cast<std::size_t>(cfg.threads));
         for (int t = 0; t < cfg.threads; ++t)
             threads.emplace_back([&, t] {
-                Worker(cfg, plugin, log, counters, t, deadline).run();
+                Worker(cfg, plugin, log, counters, t).run();
             });
         for (auto &t : threads)
             t.join();
+        done = true;
+        if (stop_watch.joinable())
+            stop_watch.join();
         (void) plugin.cleanup();
     }
     std::fprintf(stderr, "driver p%d: %ld ops, %ld grants, %ld contended, %ld errors\n", cfg.proc,

@@ -67,14 +67,6 @@ stop_pgbouncer() {
 	return 0
 }
 
-kill_tree() { # a process we started and its descendants (by pid: a nemesis loop's pg_ctl, sleep...)
-	local child
-	kill -STOP "$1" 2>/dev/null
-	for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$child"; done
-	kill -KILL "$1" 2>/dev/null
-	kill -CONT "$1" 2>/dev/null
-}
-
 cleanup() {
 	local pid
 	trap - EXIT INT TERM
