@@ -138,6 +138,7 @@ has_suite client && run_script_suite client "$top/client/test/run.sh"
 has_suite checker && run_script_suite checker "$top/test/checker/run.sh"
 has_suite bench && run_script_suite bench-smoke "$top/bench/run.sh" --smoke
 has_suite bench && run_script_suite bench-wait-smoke "$top/bench/wait.sh" --smoke
+has_suite bench && run_script_suite bench-repl-smoke "$top/bench/replication.sh" --smoke
 # Patroni 3 + etcd 3.4, three nodes, failovers under the history checker (short form)
 has_suite ha && run_script_suite ha "$top/test/ha/run.sh"
 has_suite exporter && run_script_suite exporter "$top/test/exporter/run.sh"
