@@ -82,7 +82,6 @@ DurableSeal(LockextDurableRecord *record)
 {
 	record->magic = RECORD_MAGIC;
 	record->version = RECORD_VERSION;
-	record->padding = 0;
 	record->crc = RecordCrc(record, offsetof(LockextDurableRecord, crc));
 }
 
@@ -108,6 +107,7 @@ DurableMerge(LockextDurableRecord *into, const LockextDurableRecord *from)
 	into->standby_timeline = Max(into->standby_timeline, from->standby_timeline);
 	into->fence_reserved = Max(into->fence_reserved, from->fence_reserved);
 	into->ttl_ceiling_ms = Max(into->ttl_ceiling_ms, from->ttl_ceiling_ms);
+	into->replication_mode = Max(into->replication_mode, from->replication_mode);
 	if (from->grace_reason == 0)
 		return;
 	if (into->grace_reason == 0)
@@ -398,4 +398,16 @@ DurableSetGrace(int reason, int64 length_ms, int64 until_boot_ns)
 	GraceChange change = {reason, length_ms, until_boot_ns};
 
 	return ChangeRecord(SetGrace, &change);
+}
+
+static void
+SetReplicationMode(LockextDurableRecord *record, const void *arg)
+{
+	record->replication_mode = (uint32) *(const int *) arg;
+}
+
+bool
+DurableSetReplicationMode(int mode)
+{
+	return ChangeRecord(SetReplicationMode, &mode);
 }

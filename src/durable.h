@@ -33,6 +33,8 @@
  *	DurableEndRunClean()	remove the marker (clean shutdown)
  *	DurableCurrent()		the record in force (for the lease file)
  *	DurableRaiseFence(), DurableRaiseTtlCeiling(), DurableSetGrace()
+ *	DurableSetReplicationMode()	the mode published last (replication.h: a
+ *							start with replication off tells the standbys)
  *	DurableFailedPath()		the copy this process last failed to write
  *
  * Locking protocol: the record in shared memory is protected by
@@ -66,7 +68,7 @@ typedef struct LockextDurableRecord
 	int32		grace_reason;	/* LockextGraceReason; 0 = none */
 	uint32		flags;			/* LOCKEXT_DURABLE_* below */
 	uint32		standby_timeline;	/* with PROMOTION_OWED: timeline the standby started on */
-	uint32		padding;
+	uint32		replication_mode;	/* the last lockext.replication the worker published */
 	int64		grace_length_ms;
 	int64		grace_until_boot_ns;
 	char		boot_id[LOCKEXT_BOOT_ID_LEN];	/* the host boot of the writer */
@@ -111,5 +113,6 @@ extern const char *DurableFailedPath(void);
 extern bool DurableRaiseFence(uint64 reserved);
 extern bool DurableRaiseTtlCeiling(int64 ttl_ms);
 extern bool DurableSetGrace(int reason, int64 length_ms, int64 until_boot_ns);
+extern bool DurableSetReplicationMode(int mode);
 
 #endif							/* LOCKEXT_DURABLE_H */

@@ -740,7 +740,8 @@ HeldLease(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 now_ns)
  * under lock_id.  An expired entry is reclaimed, never resurrected.
  */
 bool
-LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms)
+LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms,
+			   LockextRenewUndo *undo)
 {
 	LWLock	   *lock = PartitionLock(probe);
 	PartitionCounters *counters = CountersOf(probe);
@@ -752,6 +753,12 @@ LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl
 	lease = HeldLease(probe, lock_id, now_ns);
 	if (lease != NULL)
 	{
+		if (undo != NULL)
+		{
+			undo->expires_ns = lease->expires_ns;
+			undo->ttl_ms = lease->ttl_ms;
+			undo->fence = lease->fence;
+		}
 		if (ttl_ms < 0)
 			ttl_ms = lease->ttl_ms;
 		lease->ttl_ms = (int32) ttl_ms;
@@ -765,6 +772,29 @@ LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl
 		Bump(&counters->v[C_RENEW_FAILED]);
 	LWLockRelease(lock);
 	return lease != NULL;
+}
+
+/*
+ * Takes back a renewal that was not confirmed (replication.h): the lease
+ * ends when it did before, if it is still that lease.  Not logged: the WAL
+ * and a standby may keep the longer lease, which is conservative.
+ */
+void
+LockTableUndoRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id,
+				   const LockextRenewUndo *undo)
+{
+	LWLock	   *lock = PartitionLock(probe);
+	void	   *entry;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	entry = FindEntry(probe);
+	if (entry != NULL && LeaseOf(entry)->fence == undo->fence &&
+		memcmp(LeaseOf(entry)->lock_id.data, lock_id->data, UUID_LEN) == 0)
+	{
+		LeaseOf(entry)->expires_ns = undo->expires_ns;
+		LeaseOf(entry)->ttl_ms = undo->ttl_ms;
+	}
+	LWLockRelease(lock);
 }
 
 /* Check-and-set release: true only if a live lease held under lock_id was removed. */
@@ -1120,7 +1150,7 @@ LockTableForEachLive(LockTableVisitor visit, void *arg)
  * the view works at any lockext.max_locks.
  */
 LockextLeaseCopy *
-LockTableCopyLive(int *count)
+LockTableCopyLive(int *count, LockTableLockedStep while_locked, void *arg)
 {
 	for (int attempt = 0;; attempt++)
 	{
@@ -1167,6 +1197,8 @@ LockTableCopyLive(int *count)
 			copy->waiters = any_waiters ? WaitQueueCountFor(key->dbid, key->bytes, key->len) : 0;
 			n++;
 		}
+		if (while_locked != NULL)
+			while_locked(n, arg);
 		ReleaseAllPartitions();
 		*count = (int) n;
 		return copies;

@@ -10,6 +10,7 @@
  *	LockTableMakeProbe()				a lookup key for (database, key bytes)
  *	LockTableRefuseIfHeld()				the cheap refusal before a grant is prepared
  *	LockTableGrant/Renew/Release/Evict	one lease, check-and-set on lock_id
+ *	LockTableUndoRenew()				take back a renewal not confirmed (replication.h)
  *	LockTableGrantAll()					several keys, all or none (try_lock_all)
  *	LockTableGrantOrQueue/WaitStep/WaitLeave	waiting for a held key (wait_queue.h)
  *	LockTableSweepExpired()				reclaim every expired slot
@@ -194,7 +195,17 @@ extern LockextGrantStatus LockTableWaitLeave(const LockextProbeKey *probe,
  * ttl_ms < 0: keep the lease's own TTL, also above a lowered max_ttl_ms (it
  * was granted; the durable TTL ceiling covers it)
  */
-extern bool LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms);
+/* what a renewal replaced, to take it back (LockTableUndoRenew) */
+typedef struct LockextRenewUndo
+{
+	int64		expires_ns;
+	int32		ttl_ms;
+	int64		fence;
+} LockextRenewUndo;
+extern bool LockTableRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id, int64 ttl_ms,
+						   LockextRenewUndo *undo);
+extern void LockTableUndoRenew(const LockextProbeKey *probe, const pg_uuid_t *lock_id,
+							   const LockextRenewUndo *undo);
 extern bool LockTableRelease(const LockextProbeKey *probe, const pg_uuid_t *lock_id);
 extern bool LockTableEvict(const LockextProbeKey *probe);
 extern void LockTableSweepExpired(void);
@@ -210,7 +221,9 @@ extern LockextReplayOutcome LockTableReplayLease(const LockextProbeKey *probe,
 extern void LockTableReplayRemoval(const LockextProbeKey *probe, const pg_uuid_t *lock_id);
 extern void LockTableBarrier(void);
 extern void LockTableForEachLive(LockTableVisitor visit, void *arg);
-extern LockextLeaseCopy *LockTableCopyLive(int *count);
+/* called with every partition lock still held, after the copy of n leases */
+typedef void (*LockTableLockedStep) (uint32 n, void *arg);
+extern LockextLeaseCopy *LockTableCopyLive(int *count, LockTableLockedStep while_locked, void *arg);
 extern void LockTableCollectCounts(LockextCounts *counts);
 extern void LockTableResetCounts(void);
 

@@ -246,6 +246,7 @@ RecoverAtStartup(bool reinitialising)
 	memset(&run, 0, sizeof(run));
 	run.fence_reserved = FenceReserved();
 	run.ttl_ceiling_ms = lease_file.ttl_ceiling_ms;
+	run.replication_mode = record_valid ? record.replication_mode : 0;
 	run.flags = FenceIsLost() ? LOCKEXT_DURABLE_FENCE_UNPROVEN : 0;
 	if (in_recovery)
 	{

@@ -312,26 +312,21 @@ ReplicationFlushSoon(void)
 		XLogSetAsyncXactLSN(pending_lsn);
 }
 
-static bool
-SyncStandbysDefined(void)
-{
-#ifdef SYNC_STANDBY_DEFINED
-	return (((volatile WalSndCtlData *) WalSndCtl)->sync_standbys_status & SYNC_STANDBY_DEFINED) != 0;
-#else
-	return ((volatile WalSndCtlData *) WalSndCtl)->sync_standbys_defined;
-#endif
-}
-
-/* Flushed by the synchronous standbys (or none is named): the wait's outcome. */
+/*
+ * The wait's outcome: flushed by the synchronous standbys, or none is
+ * named (this backend's synchronous_standby_names is empty, or there can
+ * be no standby).  Read from the flush position itself, not from the
+ * walsender's flags, whose layout changed within PostgreSQL 15.
+ */
 static bool
 ConfirmedFlushed(XLogRecPtr lsn)
 {
 	bool		confirmed;
 
-	if (max_wal_senders == 0)
+	if (max_wal_senders == 0 || SyncRepStandbyNames == NULL || SyncRepStandbyNames[0] == '\0')
 		return true;
 	LWLockAcquire(SyncRepLock, LW_SHARED);
-	confirmed = !SyncStandbysDefined() || WalSndCtl->lsn[SYNC_REP_WAIT_FLUSH] >= lsn;
+	confirmed = WalSndCtl->lsn[SYNC_REP_WAIT_FLUSH] >= lsn;
 	LWLockRelease(SyncRepLock);
 	return confirmed;
 }
@@ -418,7 +413,15 @@ LogMode(int mode)
 	return lsn;
 }
 
-/* Publishes mode (switching to sync passes the barrier first) and logs it. */
+/*
+ * Publishes mode and logs it.  Switching to sync passes the barrier first,
+ * so "sync since" follows every grant logged in the old mode.  Switching
+ * away from sync logs and flushes the MODE record first: a grant that
+ * stops waiting comes after it in WAL, so redo after a crash never takes
+ * an unflushed grant for a sync one.  "off" is logged too (a standby
+ * learns that its table stops being complete), and the durable record
+ * remembers the mode, so that a start with replication off can say so.
+ */
 static void
 PublishMode(int mode)
 {
@@ -430,75 +433,125 @@ PublishMode(int mode)
 		/* every grant that read the old mode under its partition lock is done */
 		LockTableBarrier();
 		pg_atomic_write_u64(&repl->sync_since_boot_ns, (uint64) LockextBootNowNanos());
+		XLogFlush(LogMode(mode));
 	}
 	else
 	{
+		XLogRecPtr	lsn;
+
 		if (mode != LOCKEXT_REPLICATION_SYNC)
 			pg_atomic_write_u64(&repl->sync_since_boot_ns, 0);
+		lsn = LogMode(mode);
+		XLogFlush(lsn);
 		pg_atomic_write_u32(&repl->mode, (uint32) mode);
 	}
-	/* "off" is logged too: a standby learns that its table stops being complete */
-	XLogFlush(LogMode(mode));
+	if (!DurableSetReplicationMode(mode))
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("lockext could not record the replication mode in \"%s\": %m", DurableFailedPath()),
+				 errdetail("If the server restarts with lockext.replication = off, its standbys may not learn that their lease tables stop being complete.")));
 	if (old != mode)
 		ereport(LOG, (errmsg("lockext: lease replication is now %s (was %s)",
 							 ReplicationModeName(mode), ReplicationModeName(old))));
 }
 
+/* The first part of a snapshot, logged while the copy's locks are held. */
+typedef struct SnapshotBegin
+{
+	LockextWalState state;
+	XLogRecPtr	lsn;
+} SnapshotBegin;
+
+/*
+ * Under every partition lock SHARED, right after the copy of n leases: the
+ * snapshot's first record.  Every change not in the copy takes its lock
+ * EXCLUSIVE after this, so its record comes after this one; a replay that
+ * saw this record and every later part has every lease.  A critical
+ * section: nothing may ERROR out of the locked region.
+ */
+static void
+LogSnapshotBegin(uint32 n, void *arg)
+{
+	SnapshotBegin *begin = (SnapshotBegin *) arg;
+	LockextWalHeader header = {LOCKEXT_WAL_FORMAT, LOCKEXT_SNAPSHOT_FIRST, 0};
+
+	if (n == 0)
+		header.flags |= LOCKEXT_SNAPSHOT_LAST;
+	START_CRIT_SECTION();
+	XLogBeginInsert();
+	XLogSetRecordFlags(XLOG_MARK_UNIMPORTANT);
+	XLogRegisterData((char *) &header, sizeof(header));
+	XLogRegisterData((char *) &begin->state, sizeof(begin->state));
+	begin->lsn = XLogInsert(LOCKEXT_RMGR_ID, XLOG_LOCKEXT_SNAPSHOT);
+	END_CRIT_SECTION();
+}
+
 /*
  * One snapshot: a consistent copy of the live leases (all partitions
- * SHARED, as for lockext_leases), then logged in parts of at most
- * LOCKEXT_SNAPSHOT_PART_ITEMS leases with no lock held.  Records logged for
- * a key while the parts are written are newer than its item; replay keeps
- * them (LockTableReplayLease).
+ * SHARED, as for lockext_leases) with its first record logged before the
+ * locks go, then the leases in parts of at most
+ * LOCKEXT_SNAPSHOT_PART_ITEMS, each one buffer (one WAL data chunk), with
+ * no lock held.  Records logged for a key while the parts are written are
+ * newer than its item; replay keeps them (LockTableReplayLease).
  */
 static void
 LogSnapshot(int mode, MemoryContext scratch)
 {
 	MemoryContext old = MemoryContextSwitchTo(scratch);
+	SnapshotBegin begin;
 	int			count;
-	LockextLeaseCopy *copies = LockTableCopyLive(&count);
-	uint64		id = pg_atomic_add_fetch_u64(&repl->snapshot_id, 1);
-	LockextWalLease *items = (LockextWalLease *) palloc(sizeof(LockextWalLease) * LOCKEXT_SNAPSHOT_PART_ITEMS);
+	LockextLeaseCopy *copies;
+	Size		item_max = sizeof(LockextWalLease) + (Size) lockext_max_key_length;
+	char	   *buffer = (char *) MemoryContextAllocHuge(scratch, sizeof(LockextWalHeader) + sizeof(LockextWalState) +
+														 item_max * LOCKEXT_SNAPSHOT_PART_ITEMS);
 	int			done = 0;
-	uint32		part = 0;
-	XLogRecPtr	lsn = InvalidXLogRecPtr;
+	uint32		part = 1;
+	XLogRecPtr	lsn;
 
-	do
+	FillState(&begin.state, mode);
+	begin.state.snapshot_id = pg_atomic_add_fetch_u64(&repl->snapshot_id, 1);
+	begin.state.part = 0;
+	copies = LockTableCopyLive(&count, LogSnapshotBegin, &begin);
+	lsn = begin.lsn;
+	pg_atomic_fetch_add_u64(&repl->wal_records, 1);
+
+	while (done < count)
 	{
 		int			n = Min(count - done, LOCKEXT_SNAPSHOT_PART_ITEMS);
 		LockextWalHeader header = {LOCKEXT_WAL_FORMAT, 0, (uint32) n};
-		LockextWalState state;
+		LockextWalState state = begin.state;
 		int64		now_ns = LockextNowNanos();
+		Size		len = sizeof(header) + sizeof(state);
 
-		FillState(&state, mode);
 		state.part = part;
-		state.snapshot_id = id;
-		if (part == 0)
-			header.flags |= LOCKEXT_SNAPSHOT_FIRST;
 		if (done + n == count)
 			header.flags |= LOCKEXT_SNAPSHOT_LAST;
-		XLogBeginInsert();
-		XLogSetRecordFlags(XLOG_MARK_UNIMPORTANT);
-		XLogRegisterData((char *) &header, sizeof(header));
-		XLogRegisterData((char *) &state, sizeof(state));
 		for (int i = 0; i < n; i++)
 		{
 			const LockextLeaseCopy *copy = &copies[done + i];
 			LockextProbeKey probe;
+			LockextWalLease item;
 
 			probe.dbid = copy->dbid;
 			probe.len = copy->key_len;
 			probe.bytes = copy->key;
-			FillWalLease(&items[i], &probe, &copy->lease, now_ns);
+			FillWalLease(&item, &probe, &copy->lease, now_ns);
 			state.max_fence = Max(state.max_fence, copy->lease.fence);
-			XLogRegisterData((char *) &items[i], sizeof(LockextWalLease));
-			XLogRegisterData(copy->key, copy->key_len);
+			memcpy(buffer + len, &item, sizeof(item));
+			len += sizeof(item);
+			memcpy(buffer + len, copy->key, copy->key_len);
+			len += copy->key_len;
 		}
+		memcpy(buffer, &header, sizeof(header));
+		memcpy(buffer + sizeof(header), &state, sizeof(state));
+		XLogBeginInsert();
+		XLogSetRecordFlags(XLOG_MARK_UNIMPORTANT);
+		XLogRegisterData(buffer, (uint32) len);
 		lsn = XLogInsert(LOCKEXT_RMGR_ID, XLOG_LOCKEXT_SNAPSHOT);
 		pg_atomic_fetch_add_u64(&repl->wal_records, 1);
 		done += n;
 		part++;
-	} while (done < count);
+	}
 	XLogSetAsyncXactLSN(lsn);
 	pg_atomic_fetch_add_u64(&repl->snapshots, 1);
 	MemoryContextSwitchTo(old);
@@ -509,7 +562,10 @@ LogSnapshot(int mode, MemoryContext scratch)
  * One round of lockext's worker on a primary: publish a changed mode, and
  * log a snapshot at start, after a mode change, and whenever the redo
  * pointer has moved since the last one (a checkpoint began: crash recovery
- * from it must find a snapshot after it).  started: first round.
+ * from it must find a snapshot after it).  started: first round.  A start
+ * with replication off logs MODE(off) only if the last mode published was
+ * not off: standbys learn that their tables stop being complete, and a
+ * server that never replicated writes no lockext WAL at all.
  */
 void
 ReplicationWorkerStep(bool started)
@@ -522,6 +578,14 @@ ReplicationWorkerStep(bool started)
 
 	if (scratch == NULL)
 		scratch = AllocSetContextCreate(TopMemoryContext, "lockext snapshot", ALLOCSET_DEFAULT_SIZES);
+	if (started && !changed && configured == LOCKEXT_REPLICATION_OFF)
+	{
+		LockextDurableRecord record;
+
+		DurableCurrent(&record);
+		if (record.replication_mode != LOCKEXT_REPLICATION_OFF)
+			PublishMode(LOCKEXT_REPLICATION_OFF);
+	}
 	if (changed || (started && configured != LOCKEXT_REPLICATION_OFF))
 		PublishMode(configured);
 	if (configured == LOCKEXT_REPLICATION_OFF)
@@ -540,6 +604,17 @@ ReplicationWorkerStep(bool started)
 }
 
 /* ---- redo (startup process; never ERROR) --------------------------------- */
+
+/* A record that cannot be read: incomplete, also for the snapshot being replayed. */
+static void
+MarkIncomplete(const char *what)
+{
+	SpinLockAcquire(&repl->mutex);
+	repl->replay_dropped = true;
+	SpinLockRelease(&repl->mutex);
+	pg_atomic_write_u32(&repl->complete, 0);
+	ereport(LOG, (errmsg("lockext: ignoring %s", what)));
+}
 
 static void
 NoteReplayDropped(const char *what, uint32 key_len)
@@ -686,8 +761,7 @@ ReplaySnapshotPart(const LockextWalHeader *header, const LockextWalState *state,
 
 		if (!ReadWalLease(data, len, &pos, &item, &key))
 		{
-			ereport(LOG, (errmsg("lockext: ignoring a truncated snapshot record")));
-			pg_atomic_write_u32(&repl->complete, 0);
+			MarkIncomplete("a truncated snapshot record");
 			return;
 		}
 		ReplayLease(&item, key, true);
@@ -718,8 +792,7 @@ lockext_redo(XLogReaderState *record)
 
 	if (len < sizeof(header))
 	{
-		ereport(LOG, (errmsg("lockext: ignoring a truncated WAL record")));
-		pg_atomic_write_u32(&repl->complete, 0);
+		MarkIncomplete("a truncated WAL record");
 		return;
 	}
 	memcpy(&header, data, sizeof(header));
@@ -747,7 +820,7 @@ lockext_redo(XLogReaderState *record)
 				if (ReadWalLease(data, len, &pos, &item, &key))
 					ReplayLease(&item, key, false);
 				else
-					pg_atomic_write_u32(&repl->complete, 0);
+					MarkIncomplete("a truncated lease record");
 				break;
 			}
 		case XLOG_LOCKEXT_RELEASE:
@@ -758,7 +831,10 @@ lockext_redo(XLogReaderState *record)
 				const char *key;
 
 				if (!ReadWalRemoval(data, len, &pos, &item, &key))
+				{
+					MarkIncomplete("a truncated removal record");
 					break;
+				}
 				LockTableMakeProbe(&probe, item.dbid, key, item.key_len);
 				LockTableReplayRemoval(&probe, info == XLOG_LOCKEXT_RELEASE ? &item.lock_id : NULL);
 				break;
@@ -769,6 +845,8 @@ lockext_redo(XLogReaderState *record)
 
 				if (ReadWalState(data, len, &pos, &state))
 					ReplaySnapshotPart(&header, &state, data, len, pos);
+				else
+					MarkIncomplete("a truncated snapshot record");
 				break;
 			}
 		case XLOG_LOCKEXT_MODE:
@@ -776,7 +854,10 @@ lockext_redo(XLogReaderState *record)
 				LockextWalState state;
 
 				if (!ReadWalState(data, len, &pos, &state))
+				{
+					MarkIncomplete("a truncated mode record");
 					break;
+				}
 				ReplayState(&state);
 				/* leases change unlogged from here on: complete only after a new snapshot */
 				if (state.mode == LOCKEXT_REPLICATION_OFF)
@@ -784,8 +865,7 @@ lockext_redo(XLogReaderState *record)
 				break;
 			}
 		default:
-			ereport(LOG, (errmsg("lockext: ignoring a WAL record of unknown type 0x%02X", info)));
-			pg_atomic_write_u32(&repl->complete, 0);
+			MarkIncomplete("a lockext WAL record of an unknown type");
 			break;
 	}
 }

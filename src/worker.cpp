@@ -80,8 +80,9 @@ lockext_worker_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	for (;;)
 	{
+		/* 1, not 0: a worker that exits with 0 is never started again (pg_terminate_backend) */
 		if (ShutdownRequestPending)
-			proc_exit(0);
+			proc_exit(1);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;

@@ -108,7 +108,7 @@ LOCKEXT_SQL_FUNCTION(lockext_leases_internal)
 	with_waiters = rsinfo->setDesc->natts == LEASES_COLUMNS_1_1;
 	if (!with_waiters && rsinfo->setDesc->natts != LEASES_COLUMNS)
 		elog(ERROR, "lockext_leases_internal: unexpected result type");
-	copies = LockTableCopyLive(&count);
+	copies = LockTableCopyLive(&count, NULL, NULL);
 	wall_now = GetCurrentTimestamp();
 
 	for (int i = 0; i < count; i++)

@@ -310,28 +310,34 @@ ReportGrantFailure(LockextGrantStatus status, const LockextGrantResult *result)
 	}
 }
 
+/* The 57014 of a grant or renewal no synchronous standby confirmed; detail says what became of it. */
+static void
+ReportUnconfirmed(const LockextProbeKey *probe, const char *what, const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_QUERY_CANCELED),
+			 errmsg("lockext %s of \"%.*s\" was not confirmed by a synchronous standby",
+					what, (int) probe->len, probe->bytes),
+			 errdetail_internal("%s", detail),
+			 errhint("Check that the standbys named in synchronous_standby_names are connected, then try again.")));
+}
+
 /*
- * In lockext.replication = sync: the grants and renewals of this call are
- * confirmed by the synchronous standbys, or they are removed here and the
- * call fails (replication.h).  The leases in probes[0..n) with lock_ids
- * ids[0..n) are released when the confirmation does not come; what says
- * what they were ("grant", "renewal").  In the other modes the records
- * just go to the WAL writer.
+ * In lockext.replication = sync: the grants of this call are confirmed by
+ * the synchronous standbys, or they are removed here and the call fails
+ * (replication.h): the leases in probes[0..n) with lock_ids ids[0..n) are
+ * released.  In the other modes the records just go to the WAL writer.
  */
 static void
-ConfirmOrUndo(const LockextProbeKey *probes, const pg_uuid_t *const *ids, int n, const char *what)
+ConfirmOrUndo(const LockextProbeKey *probes, const pg_uuid_t *const *ids, int n)
 {
 	if (ReplicationConfirm())
 		return;
 	for (int i = 0; i < n; i++)
 		(void) LockTableRelease(&probes[i], ids[i]);
 	ReplicationFlushSoon();
-	ereport(ERROR,
-			(errcode(ERRCODE_QUERY_CANCELED),
-			 errmsg("lockext %s of \"%.*s\" was not confirmed by a synchronous standby",
-					what, (int) probes[0].len, probes[0].bytes),
-			 errdetail("The wait for synchronous replication ended first, so the lease was removed on this server; a standby may keep it until its TTL runs out."),
-			 errhint("Check that the standbys named in synchronous_standby_names are connected, then try again.")));
+	ReportUnconfirmed(&probes[0], "grant",
+					  "The wait for synchronous replication ended first, so the lease was removed on this server; a standby may keep it until its TTL runs out.");
 }
 
 /* ConfirmOrUndo() for the one lease a try_lock granted. */
@@ -340,7 +346,7 @@ ConfirmGrant(const LockextProbeKey *probe, const LockextGrantRequest *request)
 {
 	const pg_uuid_t *id = &request->lock_id;
 
-	ConfirmOrUndo(probe, &id, 1, "grant");
+	ConfirmOrUndo(probe, &id, 1);
 }
 
 /*
@@ -661,7 +667,7 @@ LOCKEXT_SQL_FUNCTION(lockext_try_lock_all)
 
 		for (int i = 0; i < n; i++)
 			ids[i] = &requests[i].lock_id;
-		ConfirmOrUndo(probes, ids, n, "grant");
+		ConfirmOrUndo(probes, ids, n);
 	}
 	/* the leases are held: only the rows remain to be stored */
 	for (int i = 0; i < n; i++)
@@ -680,6 +686,7 @@ RenewChecked(Datum key, bool key_null, Datum lock_id, bool lock_id_null, const D
 	LockextProbeKey probe;
 	const pg_uuid_t *id;
 	int64		ttl_ms = -1;
+	LockextRenewUndo undo;
 
 	LockextCheckWritable("renew");
 	LockextProbeFromKeyDatum(&probe, key, key_null);
@@ -690,9 +697,19 @@ RenewChecked(Datum key, bool key_null, Datum lock_id, bool lock_id_null, const D
 		RecordTtlCeiling(ttl_ms);
 	}
 	ReplicationBeginCall();
-	if (!LockTableRenew(&probe, id, ttl_ms))
+	if (!LockTableRenew(&probe, id, ttl_ms, &undo))
 		return false;
-	ConfirmOrUndo(&probe, &id, 1, "renewal");
+	if (!ReplicationConfirm())
+	{
+		/*
+		 * Not removed: its holder, told of an error, still holds it until it
+		 * would have ended without this renewal (a client library keeps that
+		 * deadline and retries), so it must not be granted to anyone before.
+		 */
+		LockTableUndoRenew(&probe, id, &undo);
+		ReportUnconfirmed(&probe, "renewal",
+						  "The wait for synchronous replication ended first, so the lease ends on this server when it would have without this renewal; a standby may keep it until the renewed TTL runs out.");
+	}
 	return true;
 }
 

@@ -206,9 +206,14 @@ $early->stop;
 
 # the primary switches replication on: MODE + snapshot make the standby complete
 is(sql("SELECT renew('m:a', '$mid')"), 't', 'renewed again on the primary while replication is off');
+# more leases than one snapshot record holds (512), so the snapshot is several records
+is(sql("SELECT count(try_lock('bulk:' || i, $ttl)) FROM generate_series(1, 1200) i"), '1200',
+	'1,200 more leases granted while replication is off');
 set_mode('async');
 ok($late->poll_query_until('postgres', "SELECT mode = 'async' AND table_complete FROM lockext_replication()"),
 	'after the switch to async the standby becomes complete');
+is($late->safe_psql('postgres', "SELECT count(*) FROM lockext_leases WHERE key LIKE 'bulk:%'"), '1200',
+	'a snapshot of 1,200 leases (several records) reaches the standby whole');
 is($late->safe_psql('postgres', "SELECT lock_id || '|' || fence FROM lockext_leases WHERE key = 'm:a'"), $m,
 	'and shows the lease granted while replication was off');
 set_mode('off');
