@@ -24,6 +24,9 @@ TOP=$(cd "$HA_HERE/../.." && pwd)
 CHECKER=$TOP/test/checker
 . "$TOP/tools/lib.sh"
 require_root
+# the processes run as postgres inherit the working directory: Patroni's multiprocessing
+# children chdir into it and die if postgres cannot enter it (a clone under /root)
+cd /
 
 # --- knobs ------------------------------------------------------------------------------
 HA_REPLICATION=${HA_REPLICATION:-sync}     # sync: the real test; off: lockext without replicated leases (grace only)
