@@ -82,13 +82,7 @@ cd "$WORK" || die "cannot cd to $WORK"
 S_DATA="$WORK/standby/data" S_LOG="$WORK/standby/postgres.log" S_SOCK="$WORK/standby" S_PORT=
 
 # The standby's postmaster PID, if that process is alive and is the standby's postmaster.
-standby_pid() {
-	local pid
-	pid=$(head -n 1 "$S_DATA/postmaster.pid" 2>/dev/null) || return 1
-	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-	tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$S_DATA" || return 1
-	echo "$pid"
-}
+standby_pid() { postmaster_pid_of "$S_DATA"; }
 standby_stop() {
 	local pid
 	standby_pid >/dev/null || return 0

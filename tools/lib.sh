@@ -115,15 +115,18 @@ pg_cluster_start() {
 
 pg_cluster_ctl() { as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" "$@"; }
 
-# The PID in postmaster.pid if that process is alive and is this cluster's postmaster
-# (a PID left by a crashed server may have been reused by anything).
-pg_cluster_pid() {
+# postmaster_pid_of DATA: the PID in DATA/postmaster.pid if that process is alive and is the
+# postmaster of DATA (a PID left by a crashed server may have been reused by anything).
+postmaster_pid_of() {
 	local pid
-	pid=$(head -n 1 "$PG_DATA/postmaster.pid" 2>/dev/null) || return 1
+	pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null) || return 1
 	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-	tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$PG_DATA" || return 1
+	tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$1" || return 1
 	echo "$pid"
 }
+
+# The PID of this cluster's postmaster (postmaster_pid_of PG_DATA).
+pg_cluster_pid() { postmaster_pid_of "$PG_DATA"; }
 
 pg_cluster_stop() {
 	local mode=${1:-fast} pid

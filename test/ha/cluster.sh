@@ -143,14 +143,7 @@ node_settings() {
 	node_psql "$name" -F ' ' -c "SELECT $sql"
 }
 
-postmaster_pid() {
-	local data pid
-	data=$(node_data "$1")
-	pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null) || return 1
-	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-	tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$data" || return 1
-	echo "$pid"
-}
+postmaster_pid() { postmaster_pid_of "$(node_data "$1")"; }
 
 # 0 when healthy (see the header); prints what is missing otherwise
 cluster_healthy() {
