@@ -227,56 +227,55 @@ FillWalLease(LockextWalLease *item, const LockextProbeKey *probe, const LockextL
 }
 
 /*
- * A lease was granted or renewed; the caller holds its partition lock
- * EXCLUSIVE.  The critical section turns any failure into a PANIC instead
- * of an ERROR that would jump over the held lock.
+ * Inserts one lease record: the header, body (size bytes) and probe's key.
+ * The caller holds the key's partition lock EXCLUSIVE; the critical section
+ * turns any failure into a PANIC instead of an ERROR that would jump over
+ * the held lock.
  */
+static XLogRecPtr
+InsertKeyRecord(uint8 info, const void *body, Size size, const LockextProbeKey *probe)
+{
+	LockextWalHeader header = {LOCKEXT_WAL_FORMAT, 0, 1};
+	XLogRecPtr	lsn;
+
+	START_CRIT_SECTION();
+	XLogBeginInsert();
+	XLogRegisterData((char *) &header, sizeof(header));
+	XLogRegisterData((char *) body, (uint32) size);
+	XLogRegisterData((char *) probe->bytes, probe->len);
+	lsn = XLogInsert(LOCKEXT_RMGR_ID, info);
+	END_CRIT_SECTION();
+	return lsn;
+}
+
+/* A lease was granted or renewed; the caller holds its partition lock EXCLUSIVE. */
 void
 ReplicationLogLease(uint8 info, const LockextProbeKey *probe, const LockextLease *lease, int64 now_ns)
 {
 	int			mode = PublishedMode();
-	LockextWalHeader header = {LOCKEXT_WAL_FORMAT, 0, 1};
 	LockextWalLease item;
-	XLogRecPtr	lsn;
 
 	if (likely(mode == LOCKEXT_REPLICATION_OFF) || !XLogInsertAllowed())
 		return;
 	FillWalLease(&item, probe, lease, now_ns);
-	START_CRIT_SECTION();
-	XLogBeginInsert();
-	XLogRegisterData((char *) &header, sizeof(header));
-	XLogRegisterData((char *) &item, sizeof(item));
-	XLogRegisterData((char *) probe->bytes, probe->len);
-	lsn = XLogInsert(LOCKEXT_RMGR_ID, info);
-	END_CRIT_SECTION();
-	NoteLogged(lsn, mode == LOCKEXT_REPLICATION_SYNC);
+	NoteLogged(InsertKeyRecord(info, &item, sizeof(item), probe), mode == LOCKEXT_REPLICATION_SYNC);
 }
 
 /* A lease was released (lock_id) or evicted (NULL); partition lock held EXCLUSIVE. */
 void
 ReplicationLogRemoval(uint8 info, const LockextProbeKey *probe, const pg_uuid_t *lock_id)
 {
-	int			mode = PublishedMode();
-	LockextWalHeader header = {LOCKEXT_WAL_FORMAT, 0, 1};
 	LockextWalRemoval item;
-	XLogRecPtr	lsn;
 
-	if (likely(mode == LOCKEXT_REPLICATION_OFF) || !XLogInsertAllowed())
+	if (likely(PublishedMode() == LOCKEXT_REPLICATION_OFF) || !XLogInsertAllowed())
 		return;
 	memset(&item, 0, sizeof(item));
 	item.dbid = probe->dbid;
 	item.key_len = probe->len;
 	if (lock_id != NULL)
 		item.lock_id = *lock_id;
-	START_CRIT_SECTION();
-	XLogBeginInsert();
-	XLogRegisterData((char *) &header, sizeof(header));
-	XLogRegisterData((char *) &item, sizeof(item));
-	XLogRegisterData((char *) probe->bytes, probe->len);
-	lsn = XLogInsert(LOCKEXT_RMGR_ID, info);
-	END_CRIT_SECTION();
 	/* a removal is never waited for: a standby that keeps a lease longer is safe */
-	NoteLogged(lsn, false);
+	NoteLogged(InsertKeyRecord(info, &item, sizeof(item), probe), false);
 }
 
 XLogRecPtr
